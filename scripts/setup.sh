@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv (Python >= 3.11) and install xailab with its dependencies.
+# Usage: scripts/setup.sh [dev]   -- "dev" adds the test tools and reference libraries.
+# Installs only when pyproject.toml changed since the last install (stamp file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for c in python3.11 python3.12 python3.13 python3; do
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY="$c"; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "xailab needs Python >= 3.11; install it and rerun" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+spec="."; [ "$extra" = "dev" ] && spec=".[dev]"
+stamp=".venv/.xailab-installed-$extra-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e "$spec"
+  touch "$stamp"
+fi

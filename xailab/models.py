@@ -1,0 +1,190 @@
+"""The course's model zoo: small shapes networks, checkpoints, a torchvision adaptor.
+
+Every model takes images in [0, 1] and normalises inside (``model.normalize``),
+carries ``.classes`` (list of class names) and ``.default_layer`` (the layer
+explanations look at when none is given).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.shapes import CLASSES
+
+MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
+MANIFEST = MODEL_DIR / "manifest.json"
+WIDTHS = (16, 32, 64)
+
+
+class Normalize(nn.Module):
+    """Maps [0, 1] images to zero-mean, unit-variance channels inside the model."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
+    layers = OrderedDict(
+        conv1=nn.Conv2d(cin, cout, 3, padding=1), bn1=nn.BatchNorm2d(cout), relu1=nn.ReLU(),
+        conv2=nn.Conv2d(cout, cout, 3, padding=1), bn2=nn.BatchNorm2d(cout), relu2=nn.ReLU())
+    if pool:
+        layers["pool"] = nn.MaxPool2d(2)
+    return nn.Sequential(layers)
+
+
+def _features(last_pool: bool) -> nn.Sequential:
+    a, b, c = WIDTHS
+    return nn.Sequential(OrderedDict(
+        block1=_block(3, a, True), block2=_block(a, b, True), block3=_block(b, c, last_pool)))
+
+
+SHAPES_MEAN, SHAPES_STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
+
+
+class ShapesNet(nn.Module):
+    """conv features -> global average pooling -> linear: the architecture CAM needs."""
+
+    def __init__(self, classes=CLASSES):
+        super().__init__()
+        self.classes = list(classes)
+        self.default_layer = "features.block3"
+        self.normalize = Normalize(SHAPES_MEAN, SHAPES_STD)
+        self.features = _features(last_pool=False)      # 64 x 16 x 16 at 64 x 64 input
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(WIDTHS[2], len(self.classes))
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.features(self.normalize(x))), 1))
+
+
+class ShapesVGG(nn.Module):
+    """conv features -> flatten -> two linear layers: CAM cannot apply, Grad-CAM can."""
+
+    def __init__(self, classes=CLASSES, size: int = 64):
+        super().__init__()
+        self.classes = list(classes)
+        self.default_layer = "features.block3"
+        self.normalize = Normalize(SHAPES_MEAN, SHAPES_STD)
+        self.features = _features(last_pool=True)       # 64 x 8 x 8 at 64 x 64 input
+        side = size // 8
+        self.classifier = nn.Sequential(OrderedDict(
+            flatten=nn.Flatten(), fc1=nn.Linear(WIDTHS[2] * side * side, 128), relu=nn.ReLU(),
+            dropout=nn.Dropout(0.3), fc2=nn.Linear(128, len(self.classes))))
+
+    def forward(self, x):
+        return self.classifier(self.features(self.normalize(x)))
+
+
+ZOO = {
+    "shapesnet": (ShapesNet, "GAP network for the shapes dataset (CAM applies)"),
+    "shapesvgg": (ShapesVGG, "flatten + fully connected head (CAM does not apply)"),
+    "shapesnet-shortcut": (ShapesNet, "ShapesNet trained on the watermarked (shortcut) data"),
+}
+
+
+def names() -> list[str]:
+    """Names of the shipped models."""
+    return list(ZOO)
+
+
+def build(name: str) -> nn.Module:
+    """An untrained model of the given zoo name."""
+    if name not in ZOO:
+        raise ValueError(f"unknown model {name!r}; choose one of {names()} "
+                         "or use xailab.models.load_torchvision(arch)")
+    return ZOO[name][0]()
+
+
+def checkpoint_path(name: str) -> Path:
+    return MODEL_DIR / f"{name}.pt"
+
+
+def manifest() -> dict:
+    """The manifest of shipped checkpoints: name -> sha256, accuracy, training recipe."""
+    return json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a shipped, trained model (eval mode) after checking its sha256."""
+    model = build(name)
+    path = checkpoint_path(name)
+    entry = manifest().get(name)
+    if not path.exists() or entry is None:
+        raise FileNotFoundError(f"no checkpoint for {name!r} at {path}; "
+                                f"recreate it with `python -m xailab.train {name}`")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise RuntimeError(f"checkpoint {path} is corrupt or was changed (sha256 {digest[:12]}..., "
+                           f"manifest says {entry['sha256'][:12]}...); restore it with "
+                           f"`git checkout -- {path.name}` or retrain with `python -m xailab.train {name}`")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class TorchvisionModel(nn.Module):
+    """A torchvision classifier wrapped to take [0, 1] images (normalises inside)."""
+
+    def __init__(self, net: nn.Module, classes: list[str], default_layer: str):
+        super().__init__()
+        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.net = net
+        self.classes = classes
+        self.default_layer = default_layer
+
+    def forward(self, x):
+        return self.net(self.normalize(x))
+
+
+def load_torchvision(arch: str, weights=None, num_classes: int | None = None) -> nn.Module:
+    """A torchvision architecture (``weights=None``: random init, nothing downloaded).
+
+    ``weights="DEFAULT"`` fetches ImageNet weights, which needs internet; offline,
+    the error says so instead of hanging. The result normalises inside, has
+    ``.classes`` and ``.default_layer`` (its last spatial layer), and is in eval mode.
+    """
+    import torchvision
+    from . import hooks
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ValueError(f"unknown torchvision architecture {arch!r}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if weights is not None:
+        import socket
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(15)
+        try:
+            net = torchvision.models.get_model(arch, weights=weights, **kwargs)
+        except Exception as err:   # URLError, socket timeout, ...
+            raise RuntimeError(f"could not download {arch} weights ({err}); this needs internet. "
+                               "Offline, use weights=None or the course's models (xailab.models.load)") from err
+        finally:
+            socket.setdefaulttimeout(old)
+        w = torchvision.models.get_weight(weights) if isinstance(weights, str) and "." in weights else weights
+        classes = list(getattr(w, "meta", {}).get("categories", []) or [])
+    else:
+        net = torchvision.models.get_model(arch, weights=None, **kwargs)
+        classes = []
+    n_out = num_classes or 1000
+    if not classes:
+        classes = [f"class {i}" for i in range(n_out)]
+    wrapped = TorchvisionModel(net, classes, default_layer="")
+    wrapped.default_layer = hooks.last_spatial_layer(wrapped)
+    return wrapped.eval()
