@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import data, hooks, models  # noqa: F401
+from . import checks, data, hooks, models  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -31,3 +31,5 @@ def setup(seed: int = 0, threads: int | None = None) -> None:
             ip.run_line_magic("matplotlib", "inline")
     except ImportError:
         pass
+
+from .attribution import describe, explain, methods  # noqa: E402,F401

@@ -44,10 +44,12 @@ def get_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
                             f"See xailab.hooks.list_layers(model) for all {len(names)} names.")
 
 
-def _spatial_output_layers(model: nn.Module, size: int = 64) -> list[str]:
-    """Layers whose output is a 4-D feature map, in forward order, found by one dry run."""
+def _dry_run(model: nn.Module, size: int = 64) -> tuple[list[str], dict, dict]:
+    """One forward pass on zeros: the order in which layers fire, their output shapes
+    and output storage (to tell when a block just passes a child's output on)."""
     order: list[str] = []
     shapes: dict[str, tuple] = {}
+    storage: dict[str, int] = {}
     with HookSet() as hs:
         for name, m in model.named_modules():
             if not name:
@@ -55,43 +57,47 @@ def _spatial_output_layers(model: nn.Module, size: int = 64) -> list[str]:
             def rec(mod, inp, out, name=name):
                 if isinstance(out, torch.Tensor):
                     shapes[name] = tuple(out.shape)
+                    storage[name] = out.data_ptr()
                     order.append(name)
             hs.forward(m, rec)
-        try:
-            p = next(model.parameters())
-            device, dtype = p.device, p.dtype
-        except StopIteration:
-            device, dtype = "cpu", torch.float32
+        p = next(model.parameters(), None)
+        device, dtype = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
         with preserved(model), torch.no_grad():
             model.eval()
             model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
-    return [n for n in order if len(shapes[n]) == 4 and shapes[n][-1] > 1]
+    return order, shapes, storage
 
 
 def spatial_layers(model: nn.Module) -> list[str]:
     """Names of layers whose output is a spatial feature map [N,C,H,W] (H, W > 1)."""
-    return list(dict.fromkeys(_spatial_output_layers(model)))
+    order, shapes, _ = _dry_run(model)
+    return [n for n in dict.fromkeys(order) if len(shapes[n]) == 4 and shapes[n][-1] > 1]
+
+
+_NOT_A_TARGET = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+                 nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
 
 
 def last_spatial_layer(model: nn.Module) -> str:
-    """The last layer with a spatial output that is a conv, a block or an activation
-    (pooling layers are skipped), the sensible default target for CAM methods."""
-    layers = _spatial_output_layers(model)
+    """The sensible default layer for CAM methods: the last layer (not a pooling
+    layer) with a spatial output, widened to the block that returns that same output
+    (e.g. torchvision resnet18 -> ``net.layer4``, shapesnet -> ``features.block3``)."""
+    order, shapes, storage = _dry_run(model)
     modules = dict(model.named_modules())
-    pooling = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout)
-    for name in reversed(layers):
-        m = modules[name]
-        if isinstance(m, pooling) or name.endswith("normalize"):
-            continue
-        # prefer a container (block) when its last child is this layer
-        parent = name.rsplit(".", 1)[0] if "." in name else None
-        while parent and parent in layers and list(modules[parent].children()) \
-                and not isinstance(list(modules[parent].children())[-1], pooling) \
-                and parent != "net" and parent != "net.features":
-            name, parent = parent, (parent.rsplit(".", 1)[0] if "." in parent else None)
-        return name
-    raise ValueError(f"{type(model).__name__} has no layer with a spatial output; "
-                     "pass layer= explicitly (see xailab.hooks.list_layers(model))")
+    leaves = [n for n in order if len(shapes[n]) == 4 and shapes[n][-1] > 1
+              and not list(modules[n].children()) and not isinstance(modules[n], _NOT_A_TARGET)
+              and type(modules[n]).__name__ != "Normalize"]
+    if not leaves:
+        raise ValueError(f"{type(model).__name__} has no layer with a spatial output; "
+                         "pass layer= explicitly (see xailab.hooks.list_layers(model))")
+    name = leaves[-1]
+    while "." in name:
+        parent = name.rsplit(".", 1)[0]
+        if parent in ("net",) or parent.split(".")[-1] == "features" or parent not in storage \
+                or storage[parent] != storage[name] or shapes[parent] != shapes[name]:
+            break
+        name = parent
+    return name
 
 
 class HookSet:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (if needed) and open the course in JupyterLab.
+#   bash course.sh            # opens JupyterLab on the course
+#   bash course.sh --execute  # headless: executes every lecture and solution in place, HTML in build/
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+if [ "${1:-}" = "--execute" ]; then
+  exec .venv/bin/python -m xailab.course execute --html
+fi
+exec .venv/bin/jupyter lab "$@"

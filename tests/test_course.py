@@ -1,0 +1,102 @@
+"""The course as a product: labs in sync, notebook conventions, install files in sync."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from xailab import course, models
+
+ROOT = Path(__file__).resolve().parent.parent
+LECTURES = sorted((ROOT / "lectures").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def test_there_is_course_material():
+    assert LECTURES and SOLUTIONS
+
+
+def test_labs_are_generated_from_solutions_and_up_to_date():
+    stale = course.make_labs(check=True)
+    assert stale == [], "labs/ is stale: run `python -m xailab.course make-labs`"
+
+
+def test_strip_solutions_keeps_indentation_and_hint():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: square it\n    return x * x\n    ### END SOLUTION\n\nprint(1)"
+    out = course.strip_solutions(src)
+    assert "return x * x" not in out and "    # YOUR CODE HERE" in out
+    assert "    raise NotImplementedError('square it')" in out and out.endswith("print(1)")
+    with pytest.raises(ValueError):
+        course.strip_solutions("### BEGIN SOLUTION\nx = 1")
+    with pytest.raises(ValueError):
+        course.strip_solutions("x = 1\n### END SOLUTION")
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_every_solution_has_exercises_and_checks(path):
+    nb = nbformat.read(path, as_version=4)
+    src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert src.count(course.BEGIN) >= 1 and "xailab.checks." in src
+    lab = nbformat.read(ROOT / "labs" / path.name, as_version=4)
+    lab_src = "\n".join(c.source for c in lab.cells)
+    assert course.BEGIN not in lab_src and "NotImplementedError" in lab_src
+    assert all(not c.get("outputs") for c in lab.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", LECTURES + SOLUTIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "xailab.setup()" in code[0].source, "first code cell must call xailab.setup()"
+    assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") for c in code), "no checked key result"
+    assert all(c.execution_count for c in code), "commit notebooks executed"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    assert path.stat().st_size < 1.5e6, "figures too large: use small figsize and dpi 80"
+    if path.parent.name == "lectures":
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown").lower()
+        assert "learning goals" in text and "references" in text
+        assert (ROOT / "solutions" / path.name).exists() and (ROOT / "labs" / path.name).exists()
+
+
+def test_a_fresh_lab_fails_only_where_the_student_must_write_code():
+    from nbclient import NotebookClient
+
+    lab = ROOT / "labs" / "02_hooks.ipynb"
+    nb = nbformat.read(lab, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(lab.parent)}}).execute()
+    errors = [o.ename for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors and set(errors) == {"NotImplementedError"}
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "not written yet" in printed
+
+
+def _names(reqs):
+    return sorted(re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower() for r in reqs)
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    env = (ROOT / "environment.yml").read_text()
+    pip = [l.strip()[2:] for l in env.split("- pip:")[1].splitlines() if l.strip().startswith("- ")]
+    assert sorted(p for p in pip if not p.startswith("-e")) == sorted(wanted)
+    assert "torch==2.14.1" in wanted and "torchvision==0.29.1" in wanted
+    assert "python=3.11" in env and project["requires-python"] == ">=3.11"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash test.sh" in readme and re.search(r"^bash test.sh$", ci, re.M)
+    assert "bash course.sh" in readme and "bash course.sh --execute" in readme
+
+
+def test_manifest_lists_every_shipped_model():
+    manifest = json.loads((ROOT / "data" / "models" / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(models.names())
+    for name, entry in manifest.items():
+        assert models.sha256(models.checkpoint_path(name)) == entry["sha256"]

@@ -1,0 +1,103 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from xailab import models
+from xailab.data import CLASSES, SHORTCUT_CLASS, shapes
+from xailab.train import accuracy
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_load_contract(name):
+    m = models.load(name)
+    assert not m.training and m.classes == CLASSES and m.default_layer == "features.block3"
+    out = m(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, len(CLASSES))
+
+
+@pytest.mark.parametrize("name", ["shapesnet", "shapesvgg"])
+def test_accuracy_at_least_95_percent(name, test_split):
+    assert accuracy(models.load(name), test_split) >= 0.95
+
+
+def test_shortcut_model_learned_the_watermark_and_clean_model_did_not():
+    """The Clever Hans case: on test images where the watermark is independent of the
+    class, stamping it on other shapes pulls the shortcut model to SHORTCUT_CLASS."""
+    k = CLASSES.index(SHORTCUT_CLASS)
+    plain = shapes("test", 1500, seed=7, shortcut=True, watermark="none")
+    marked = shapes("test", 1500, seed=7, shortcut=True, watermark="all")
+    others = plain.labels != k
+
+    def flips(model):
+        with torch.no_grad():
+            p_plain = model(plain.images()).argmax(1)
+            p_marked = model(marked.images()).argmax(1)
+        return float(((p_marked == k) & (p_plain != k) & others).sum() / others.sum())
+
+    shortcut, clean = models.load("shapesnet-shortcut"), models.load("shapesnet")
+    assert accuracy(shortcut, plain) >= 0.6               # it did learn shapes too ...
+    assert flips(shortcut) >= 0.2                         # ... but the mark alone flips many
+    assert flips(clean) <= 0.02 and flips(shortcut) > 10 * max(flips(clean), 1e-3)
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, monkeypatch):
+    shutil.copy(models.checkpoint_path("shapesnet"), tmp_path / "shapesnet.pt")
+    (tmp_path / "manifest.json").write_text(json.dumps({"shapesnet": models.manifest()["shapesnet"]}))
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path)
+    monkeypatch.setattr(models, "MANIFEST", tmp_path / "manifest.json")
+    assert models.load("shapesnet") is not None
+    data = bytearray((tmp_path / "shapesnet.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "shapesnet.pt").write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="corrupt"):
+        models.load("shapesnet")
+    (tmp_path / "shapesnet.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="xailab.train shapesnet"):
+        models.load("shapesnet")
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="shapesnet"):
+        models.load("resnet")
+
+
+def test_torchvision_adaptor_normalises_inside_and_has_defaults():
+    m = models.load_torchvision("resnet18", num_classes=6)
+    x = torch.rand(2, 3, 64, 64)
+    ref = m.net(torch.stack([(x[:, c] - mu) / sd for c, (mu, sd) in
+                             enumerate(zip(models.IMAGENET_MEAN, models.IMAGENET_STD))], 1))
+    assert torch.allclose(m(x), ref, atol=1e-5)
+    assert len(m.classes) == 6 and m.default_layer == "net.layer4" and not m.training
+    with pytest.raises(ValueError, match="unknown torchvision"):
+        models.load_torchvision("resnet19")
+
+
+def test_asking_for_weights_offline_fails_fast_with_advice(monkeypatch, tmp_path):
+    import torch.hub
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def refuse(url, dst, *a, **k):    # what a closed network does: the connection is refused
+        urllib.request.urlopen("http://127.0.0.1:9/weights.pth", timeout=5)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    with pytest.raises(RuntimeError, match="needs internet"):
+        models.load_torchvision("resnet18", weights="DEFAULT")
+
+
+def test_smoke_training_writes_a_loadable_checkpoint_and_manifest(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "xailab.train", "shapesnet", "--smoke", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    entry = json.loads((tmp_path / "manifest.json").read_text())["shapesnet"]
+    assert entry["sha256"] == models.sha256(tmp_path / "shapesnet.pt")
+    m = models.build("shapesnet")
+    m.load_state_dict(torch.load(tmp_path / "shapesnet.pt", weights_only=True))
+    refused = subprocess.run([sys.executable, "-m", "xailab.train", "shapesnet", "--smoke"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "--out" in refused.stderr

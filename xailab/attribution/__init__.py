@@ -1,0 +1,167 @@
+"""All attribution methods behind one registry: ``xailab.explain(model, x, method=...)``.
+
+A method is a function ``fn(model, x, target, **options) -> Tensor`` registered
+with ``@register(name, ...)``. ``explain`` checks the input, resolves the target
+(None: the predicted class), and runs the method under ``hooks.preserved`` so
+the model's modes and flags come back unchanged, even when the method raises.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import hooks
+
+
+@dataclass
+class Method:
+    name: str
+    fn: Callable
+    family: str
+    summary: str
+    reference: str
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, family: str, summary: str, reference: str = ""):
+    """Decorator: add ``fn(model, x, target, **options)`` to the registry as ``name``."""
+    def deco(fn):
+        _REGISTRY[name] = Method(name, fn, family, summary, reference)
+        return fn
+    return deco
+
+
+def methods(family: str | None = None) -> list[str]:
+    """Names of every registered attribution method (optionally of one family)."""
+    return [n for n, m in _REGISTRY.items() if family is None or m.family == family]
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def describe(name: str) -> str:
+    """One line on a method: its family, what it does and the paper it comes from."""
+    m = get_method(name)
+    return f"{m.name} ({m.family}): {m.summary}" + (f" [{m.reference}]" if m.reference else "")
+
+
+def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
+    """Raise a clear error unless ``x`` is a FloatTensor[N,3,H,W] with values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of images [N,3,H,W], got {type(x).__name__}")
+    if x.dim() == 3:
+        raise ValueError(f"x has shape {tuple(x.shape)}: add a batch dimension, e.g. x[None] or x.unsqueeze(0)")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must have shape [N,3,H,W], got {tuple(x.shape)}"
+                         + (" (channels last? use x.permute(0, 3, 1, 2))" if x.dim() == 4 and x.shape[-1] == 3 else ""))
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; use x.float() / 255")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"x must hold images in [0, 1] (models normalise inside), got values in "
+                         f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
+    if model is not None:
+        p = next(model.parameters(), None)
+        if p is not None and p.device != x.device:
+            raise ValueError(f"x is on {x.device} but the model is on {p.device}; use x.to({str(p.device)!r})")
+    return x
+
+
+def num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    classes = getattr(model, "classes", None)
+    if classes:
+        return len(classes)
+    with torch.no_grad(), hooks.preserved(model):
+        return int(model(x[:1]).shape[1])
+
+
+def resolve_target(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
+    """``target`` as LongTensor[N]: None means the predicted class (one forward pass)."""
+    n = x.shape[0]
+    if target is None:
+        with torch.no_grad():
+            return model(x).argmax(1)
+    if isinstance(target, torch.Tensor):
+        t = target.to(x.device).long().reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(n)
+        elif t.numel() != n:
+            raise ValueError(f"target has {t.numel()} entries but x has {n} images")
+    elif isinstance(target, (list, tuple)):
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries but x has {n} images")
+        t = torch.tensor(target, device=x.device, dtype=torch.long)
+    elif isinstance(target, int):
+        t = torch.full((n,), target, device=x.device, dtype=torch.long)
+    else:
+        raise TypeError(f"target must be None, an int, a list or a LongTensor, got {type(target).__name__}")
+    k = num_classes(model, x)
+    bad = (t < 0) | (t >= k)
+    if bad.any():
+        raise ValueError(f"target {t[bad][0].item()} is out of range: the model has {k} classes "
+                         f"(0..{k - 1}){_class_hint(model)}")
+    return t
+
+
+def _class_hint(model):
+    classes = getattr(model, "classes", None)
+    return f"; model.classes = {classes}" if classes and len(classes) <= 20 else ""
+
+
+def _abs_max(a):
+    return a.abs().amax(1)
+
+
+REDUCTIONS = {
+    "abs_max": _abs_max,                       # default: max over channels of |attribution|
+    "abs_sum": lambda a: a.abs().sum(1),
+    "sum": lambda a: a.sum(1),
+    "l2": lambda a: a.pow(2).sum(1).sqrt(),
+    "max": lambda a: a.amax(1),
+}
+
+
+def reduce_channels(attr: torch.Tensor, reduce="abs_max") -> torch.Tensor:
+    """[N,C,H,W] -> [N,H,W] with a named reduction; ``reduce=None`` returns ``attr``."""
+    if reduce is None:
+        return attr
+    if callable(reduce):
+        return reduce(attr)
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce={reduce!r}; choose one of {list(REDUCTIONS)} or None")
+    return REDUCTIONS[reduce](attr)
+
+
+def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradcam", **options) -> torch.Tensor:
+    """Explain ``model``'s output for ``target`` on images ``x`` with ``method``.
+
+    Returns a heatmap FloatTensor[N,H,W] (gradient methods: ``reduce=None`` gives
+    [N,C,H,W]; CAM methods: ``upsample=False`` gives the layer resolution).
+    The model comes back exactly as it was: hooks, modes, flags, parameters.
+    """
+    m = get_method(method)
+    check_input(x, model)
+    with hooks.preserved(model):
+        return m.fn(model, x, target, **options)
+
+
+# methods register themselves on import (modules added by the lectures' issues)
+import importlib as _importlib
+
+for _mod in ("saliency", "cam", "perturbation"):
+    try:
+        _importlib.import_module(f"{__name__}.{_mod}")
+    except ModuleNotFoundError as _err:
+        if _err.name != f"{__name__}.{_mod}":
+            raise

@@ -1,0 +1,139 @@
+"""Course tooling: generate labs from solutions, execute notebooks in place.
+
+    python -m xailab.course make-labs [--check]     # solutions/ -> labs/ (--check: fail on drift)
+    python -m xailab.course execute [PATHS] [--html] [--no-save]
+
+``make-labs`` replaces every block between ``### BEGIN SOLUTION`` and
+``### END SOLUTION`` by ``# YOUR CODE HERE`` and a ``raise NotImplementedError``
+with the block's ``# HINT:`` line (if any), and clears outputs. ``execute`` runs
+notebooks top to bottom (default: every lecture and solution), saves them with
+outputs, prints each one's time and, with ``--html``, exports HTML to ``build/``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+DEFAULT_HINT = "write this part, then run the check below"
+
+
+def strip_solutions(source: str) -> str:
+    """The student version of one cell's source."""
+    out, inside, indent, hint = [], False, "", None
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped == BEGIN:
+            inside, indent, hint = True, line[: len(line) - len(line.lstrip())], None
+            continue
+        if stripped == END:
+            if not inside:
+                raise ValueError(f"'{END}' without '{BEGIN}'")
+            out.append(f"{indent}# YOUR CODE HERE")
+            out.append(f"{indent}raise NotImplementedError({(hint or DEFAULT_HINT)!r})")
+            inside = False
+            continue
+        if inside:
+            m = re.match(r"\s*# HINT:\s*(.*)", line)
+            if m:
+                hint = m.group(1).strip()
+            continue
+        out.append(line)
+    if inside:
+        raise ValueError(f"'{BEGIN}' without '{END}'")
+    return "\n".join(out)
+
+
+def make_lab(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    lab = copy.deepcopy(solution)
+    for cell in lab.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+            cell.metadata.pop("execution", None)
+        elif cell.cell_type == "markdown" and BEGIN in cell.source:
+            cell.source = re.sub(rf"{BEGIN}.*?{END}", "*Your answer here.*", cell.source, flags=re.S)
+    lab.metadata = nbformat.from_dict({
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    })
+    return lab
+
+
+def lab_path(solution_path: Path) -> Path:
+    return solution_path.parent.parent / "labs" / solution_path.name
+
+
+def make_labs(check: bool = False, root: Path = ROOT) -> list[Path]:
+    """Write labs/ from solutions/; with ``check`` only report labs that are stale."""
+    stale = []
+    for sol in sorted((root / "solutions").glob("*.ipynb")):
+        lab = make_lab(nbformat.read(sol, as_version=4))
+        text = nbformat.writes(lab) + "\n"
+        target = lab_path(sol)
+        if not target.exists() or target.read_text() != text:
+            stale.append(target)
+            if not check:
+                target.parent.mkdir(exist_ok=True)
+                target.write_text(text)
+    orphans = [p for p in sorted((root / "labs").glob("*.ipynb"))
+               if not (root / "solutions" / p.name).exists()]
+    return stale + orphans
+
+
+def execute(paths: list[Path], html: bool = False, save: bool = True, timeout: int = 600) -> dict:
+    """Execute notebooks in place (cwd = the notebook's folder); returns seconds per notebook."""
+    from nbclient import NotebookClient
+
+    times = {}
+    for path in paths:
+        path = Path(path).resolve()
+        nb = nbformat.read(path, as_version=4)
+        start = time.time()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+        times[path] = time.time() - start
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {times[path]:.1f} s", flush=True)
+        if save:
+            nbformat.write(nb, path)
+        if html:
+            from nbconvert import HTMLExporter
+            out = ROOT / "build" / path.parent.name / (path.stem + ".html")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(HTMLExporter().from_notebook_node(nb)[0])
+    print(f"total: {sum(times.values()):.1f} s for {len(times)} notebooks")
+    return times
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m xailab.course", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make-labs", help="write labs/ from solutions/")
+    m.add_argument("--check", action="store_true", help="exit 1 if any lab is stale, write nothing")
+    e = sub.add_parser("execute", help="execute notebooks in place")
+    e.add_argument("paths", nargs="*", type=Path)
+    e.add_argument("--html", action="store_true", help="also export HTML to build/")
+    e.add_argument("--no-save", action="store_true", help="do not write outputs back")
+    args = p.parse_args(argv)
+    if args.cmd == "make-labs":
+        stale = make_labs(check=args.check)
+        for s in stale:
+            print(("stale: " if args.check else "wrote: ") + str(s.relative_to(ROOT)))
+        if args.check and stale:
+            print("labs/ is out of date: run `python -m xailab.course make-labs`", file=sys.stderr)
+            sys.exit(1)
+    else:
+        paths = args.paths or sorted((ROOT / "lectures").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
+        execute(paths, html=args.html, save=not args.no_save)
+
+
+if __name__ == "__main__":
+    main()
