@@ -177,8 +177,8 @@ def show_images(x, titles=None, ncols: int = 8, size: float = 1.0, cmap: str = "
     n = x.shape[0]
     cols = max(1, min(ncols, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(min(8.0, size * cols), min(6.0, 1.15 * size * rows)),
-                             squeeze=False)
+    height = (1.3 if titles is not None else 1.0) * size * rows
+    fig, axes = plt.subplots(rows, cols, figsize=(min(8.0, size * cols), min(6.0, height)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:

@@ -148,18 +148,20 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradc
 
     Returns a heatmap FloatTensor[N,H,W] (gradient methods: ``reduce=None`` gives
     [N,C,H,W]; CAM methods: ``upsample=False`` gives the layer resolution).
-    The model comes back exactly as it was: hooks, modes, flags, parameters.
+    Explanations are computed in eval mode (dropout off, BatchNorm statistics frozen);
+    the model comes back exactly as it was: hooks, modes, flags, parameters.
     """
     m = get_method(method)
     check_input(x, model)
     with hooks.preserved(model):
+        model.eval()
         return m.fn(model, x, target, **options)
 
 
 # methods register themselves on import (modules added by the lectures' issues)
 import importlib as _importlib
 
-for _mod in ("saliency", "cam", "perturbation"):
+for _mod in ("saliency", "cam", "perturbation", "anchors"):
     try:
         _importlib.import_module(f"{__name__}.{_mod}")
     except ModuleNotFoundError as _err:
