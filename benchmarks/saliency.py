@@ -1,0 +1,81 @@
+"""Gradient saliency: our time / Captum's time per method, same model, batch and settings,
+measured in the same run (median of interleaved repeats). Goal: every ratio <= 1.0.
+
+    python benchmarks/saliency.py [--repeats 5]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients,
+                         NoiseTunnel, Saliency)
+
+import xailab
+from xailab import hooks, models
+from xailab.data import shapes
+
+
+def cases(model, x, t, steps, samples, batch):
+    """method -> (ours, Captum's), two zero-argument callables computing the same thing."""
+    n = len(x)
+
+    def ours(method, **kw):
+        return lambda: xailab.explain(model, x, t, method=method, reduce=None, **kw)
+
+    def captum_relu(cls):
+        def run():
+            with hooks.out_of_place_relus(model):        # Captum refuses in-place ReLUs
+                return cls(model).attribute(x, target=t)
+        return run
+
+    return {
+        "gradient": (ours("gradient"), lambda: Saliency(model).attribute(x, target=t, abs=False)),
+        "gradient_x_input": (ours("gradient_x_input"), lambda: InputXGradient(model).attribute(x, target=t)),
+        "smoothgrad": (ours("smoothgrad", n_samples=samples, noise=0.15, internal_batch_size=batch),
+                       lambda: NoiseTunnel(Saliency(model)).attribute(
+                           x, nt_type="smoothgrad", nt_samples=samples, stdevs=0.15,
+                           nt_samples_batch_size=max(1, batch // n), target=t, abs=False)),
+        "integrated_gradients": (ours("integrated_gradients", n_steps=steps, internal_batch_size=batch),
+                                 lambda: IntegratedGradients(model).attribute(
+                                     x, target=t, n_steps=steps, internal_batch_size=batch)),
+        "guided_backprop": (ours("guided_backprop"), captum_relu(GuidedBackprop)),
+        "deconvnet": (ours("deconvnet"), captum_relu(Deconvolution)),
+    }
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    setups = [
+        ("shapesnet, 16 images 64x64", models.load("shapesnet"), shapes("test", 16, seed=1).images(),
+         dict(steps=50, samples=25, batch=64)),
+        ("resnet18 (weights=None), 4 images 128x128", models.load_torchvision("resnet18"),
+         torch.rand(4, 3, 128, 128), dict(steps=16, samples=8, batch=32)),
+    ]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    for title, model, x, kw in setups:
+        t = torch.arange(len(x)) % 6
+        print(f"\n{title} (IG {kw['steps']} steps, SmoothGrad {kw['samples']} samples, "
+              f"{kw['batch']} images per pass)")
+        print(f"  {'method':22s} {'ours':>9s} {'Captum':>9s}  ratio")
+        for name, (ours, theirs) in cases(model, x, t, **kw).items():
+            ours(), theirs()                                  # warm up (and caches)
+            a, b = [], []
+            for _ in range(args.repeats):                     # interleaved: same machine load
+                a.append(timed(ours))
+                b.append(timed(theirs))
+            ta, tb = statistics.median(a), statistics.median(b)
+            print(f"  {name:22s} {ta * 1e3:7.1f}ms {tb * 1e3:7.1f}ms  {ta / tb:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Anchors for images (Ribeiro, Singh & Guestrin 2018), a compact implementation.
+
+An anchor is a set A of superpixels that "anchors" the prediction: whatever
+happens to the other superpixels, the model keeps its answer with high
+probability. Formally, with D(z | A) the perturbations that keep every
+superpixel of A and switch each other superpixel off (``hide_color``) with
+probability 1 - ``p_keep``:
+
+    precision(A) = P_{z ~ D(z|A)} [ argmax f(z) = label ]      (must reach ``threshold``)
+    coverage(A)  = P_{z ~ D(z|{})} [ A is kept in z ]          (to be maximised)
+
+The search is the paper's beam search, simplified: anchors grow one superpixel
+at a time; each candidate's precision is estimated from ``n_samples`` sampled
+perturbations (all candidates of a round in shared, batched forward passes);
+the promising ones get ``n_confirm`` more samples (up to ``confirm_rounds``
+times, while their confidence interval straddles the threshold), and a
+candidate is accepted when the KL lower confidence bound of its precision
+(confidence 1 - ``delta``) reaches the threshold. Among accepted anchors of the smallest size, the one
+with the largest coverage (then precision) wins; otherwise the ``beam_size``
+best candidates grow further. ``alibi``'s AnchorImage does the same with the
+full KL-LUCB bandit; it cannot be installed beside this course's pins.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import register, resolve_target
+from .perturbation import (_hide_image, _positive_int, _segments_for, _superpixel_fill, black_box,
+                           default_batch_size, fast_layout)
+
+__all__ = ["Anchor", "anchor_explanation", "anchors", "kl_lower_bound", "kl_upper_bound"]
+
+
+@dataclass
+class Anchor:
+    """The result of ``anchor_explanation`` for one image."""
+    label: int                  # the class the anchor holds
+    segments: list              # superpixel ids of the anchor, in the order they were added
+    mask: torch.Tensor          # BoolTensor[H,W]: the anchor's pixels
+    precision: float            # estimated P(prediction stays `label` | anchor kept)
+    precision_lower: float      # KL lower confidence bound of the precision
+    coverage: float             # estimated share of perturbations that keep the anchor
+    threshold: float
+    reached: bool               # precision_lower >= threshold
+    forward_passes: int         # images evaluated by the model during the search
+    superpixels: torch.Tensor = field(repr=False)   # LongTensor[H,W] superpixel labels
+
+    def __str__(self):
+        size = f"{len(self.segments)} superpixel{'s' * (len(self.segments) != 1)}"
+        return (f"anchor of {size} ({int(self.mask.sum())} px): precision {self.precision:.3f} "
+                f"(lower bound {self.precision_lower:.3f}, threshold {self.threshold}), "
+                f"coverage {self.coverage:.3f}" + ("" if self.reached else "  [threshold NOT reached]"))
+
+
+def _kl_bernoulli(p: float, q: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    q = min(max(q, 1e-12), 1 - 1e-12)
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def kl_lower_bound(p_hat: float, n: int, delta: float = 0.1) -> float:
+    """Smallest q <= p_hat with n * KL(p_hat || q) <= log(1 / delta) (the KL-LUCB bound)."""
+    if n == 0:
+        return 0.0
+    level = math.log(1.0 / delta) / n
+    lo, hi = 0.0, p_hat
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _kl_bernoulli(p_hat, mid) > level:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def kl_upper_bound(p_hat: float, n: int, delta: float = 0.1) -> float:
+    """Largest q >= p_hat with n * KL(p_hat || q) <= log(1 / delta)."""
+    if n == 0:
+        return 1.0
+    level = math.log(1.0 / delta) / n
+    lo, hi = p_hat, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if _kl_bernoulli(p_hat, mid) > level:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+def anchor_explanation(model: nn.Module, x: torch.Tensor, target=None, threshold: float = 0.95,
+                       beam_size: int = 2, max_size: int | None = None, n_samples: int = 24,
+                       n_confirm: int = 64, confirm_rounds: int = 3, n_coverage: int = 1000, p_keep: float = 0.5,
+                       delta: float = 0.1, seed: int = 0, segmentation="quickshift",
+                       segment_options: dict | None = None, hide_color=0.0,
+                       batch_size: int | None = None) -> Anchor:
+    """Find an anchor for one image ``x`` ([3,H,W] or [1,3,H,W]); see the module docstring.
+
+    ``target`` (default: the predicted class) is the label the anchor must hold.
+    Cost: about (candidates per round) * ``n_samples`` + a few * ``n_confirm``
+    forward passes per round; ``Anchor.forward_passes`` reports the total.
+    """
+    if isinstance(x, torch.Tensor) and x.dim() == 3:
+        x = x[None]
+    return _anchor_search(model, x, target, threshold=threshold, beam_size=beam_size, max_size=max_size,
+                          n_samples=n_samples, n_confirm=n_confirm, confirm_rounds=confirm_rounds,
+                          n_coverage=n_coverage, p_keep=p_keep, delta=delta, seed=seed,
+                          segmentation=segmentation, segment_options=segment_options,
+                          hide_color=hide_color, batch_size=batch_size)
+
+
+@black_box
+def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, n_confirm,
+                   confirm_rounds, n_coverage, p_keep, delta, seed, segmentation, segment_options,
+                   hide_color, batch_size) -> Anchor:
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"anchor_explanation explains one image; got {x.shape[0]} "
+                             "(use xailab.explain(..., method='anchors') for a batch)")
+        x = x[0]
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold (the precision an anchor must reach) must be in (0, 1), got {threshold}")
+    if not 0.0 < p_keep < 1.0:
+        raise ValueError(f"p_keep must be in (0, 1), got {p_keep}")
+    beam_size = _positive_int(beam_size, "beam_size")
+    n_samples = _positive_int(n_samples, "n_samples")
+    n_confirm = _positive_int(n_confirm, "n_confirm")
+    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    label = int(resolve_target(model, x[None], target)[0])
+    seg_np = _segments_for(x[None], segmentation, seed, segment_options)[0]
+    seg = torch.from_numpy(seg_np).to(x.device)
+    k = int(seg.max()) + 1
+    max_size = k if max_size is None else min(int(max_size), k)
+    fill = _superpixel_fill(x, seg, _hide_image(x, hide_color))
+    gen = torch.Generator().manual_seed(int(seed))
+    stats: dict[frozenset, list] = {}          # anchor -> [hits, samples]
+    passes = [0]
+
+    def sample(anchor_list: list, n_each: int):
+        """Draw n_each perturbations per anchor, evaluate all in shared batches, update stats."""
+        z = (torch.rand(len(anchor_list) * n_each, k, generator=gen) < p_keep)
+        for j, a in enumerate(anchor_list):
+            if a:
+                z[j * n_each:(j + 1) * n_each, list(a)] = True
+        hits = torch.empty(len(z), dtype=torch.bool)
+        with torch.no_grad():
+            for s in range(0, len(z), batch_size):
+                zz = z[s:s + batch_size].to(x.device, x.dtype)
+                hits[s:s + batch_size] = (model(fast_layout(fill(zz))).argmax(1) == label).cpu()
+        passes[0] += len(z)
+        for j, a in enumerate(anchor_list):
+            st = stats.setdefault(a, [0, 0])
+            st[0] += int(hits[j * n_each:(j + 1) * n_each].sum())
+            st[1] += n_each
+
+    def precision(a):
+        h, n = stats[a]
+        return h / n if n else 0.0
+
+    def lower(a):
+        h, n = stats[a]
+        return kl_lower_bound(h / n, n, delta) if n else 0.0
+
+    def upper(a):
+        h, n = stats[a]
+        return kl_upper_bound(h / n, n, delta) if n else 1.0
+
+    cov_z = torch.rand(n_coverage, k, generator=gen) < p_keep   # coverage sample from D(z | {})
+
+    def coverage(a):
+        return float(cov_z[:, list(a)].all(1).float().mean()) if a else 1.0
+
+    def result(a, reached):
+        ordered = list(order.get(a, sorted(a)))
+        return Anchor(label, ordered, (seg[..., None] == torch.tensor(ordered, device=x.device,
+                      dtype=seg.dtype)).any(-1) if ordered else torch.zeros_like(seg, dtype=torch.bool),
+                      precision(a), lower(a), coverage(a), threshold, reached, passes[0], seg)
+
+    empty = frozenset()
+    order = {empty: []}
+    for _ in range(confirm_rounds):
+        sample([empty], n_confirm)
+        if not lower(empty) < threshold <= upper(empty):
+            break
+    if lower(empty) >= threshold:
+        return result(empty, True)
+    beam = [empty]
+    best = empty
+    for size in range(1, max_size + 1):
+        cands = []
+        for a in beam:
+            for j in range(k):
+                if j not in a:
+                    c = a | {j}
+                    if c not in order:
+                        order[c] = order[a] + [j]
+                        cands.append(c)
+        if not cands:
+            break
+        sample(cands, n_samples)
+        cands.sort(key=lambda c: (precision(c), coverage(c)), reverse=True)
+        # confirm the most promising (estimate at the threshold; at least the beam) until their
+        # confidence interval no longer straddles the threshold or confirm_rounds are used up
+        promising = [c for c in cands if precision(c) >= threshold][:2 * beam_size] or cands[:beam_size]
+        for _ in range(confirm_rounds):
+            undecided = [c for c in promising if lower(c) < threshold <= upper(c)]
+            if not undecided:
+                break
+            sample(undecided, n_confirm)
+        accepted = [c for c in promising if lower(c) >= threshold]
+        if accepted:
+            return result(max(accepted, key=lambda c: (coverage(c), precision(c))), True)
+        ranked = sorted(set(promising) | set(cands[:beam_size]), key=lambda c: (lower(c), precision(c)),
+                        reverse=True)
+        beam = ranked[:beam_size]
+        if lower(beam[0]) > lower(best) or best == empty:
+            best = beam[0]
+    warnings.warn(f"no anchor of at most {max_size} superpixels reached precision {threshold}; "
+                  "returning the best found (raise max_size or lower the threshold)")
+    return result(best, False)
+
+
+@register("anchors", "perturbation",
+          "the smallest set of superpixels that keeps the prediction with high precision "
+          "whatever happens to the rest (heatmap: 1 on the anchor)",
+          "Ribeiro, Singh & Guestrin 2018, Anchors: High-Precision Model-Agnostic Explanations, AAAI")
+@black_box
+def anchors(model: nn.Module, x: torch.Tensor, target=None, **options) -> torch.Tensor:
+    """Anchor masks as a heatmap FloatTensor[N,H,W] (1 on the anchor, 0 elsewhere).
+
+    Options as in ``anchor_explanation``, which also reports precision and coverage.
+    """
+    target = resolve_target(model, x, target)
+    return torch.stack([anchor_explanation(model, x[i], target[i:i + 1], **options).mask.to(x.dtype)
+                        for i in range(x.shape[0])])
