@@ -4,6 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh dev || exit 1
+bash scripts/install-browser.sh
 export MPLBACKEND=Agg PYTHONHASHSEED=0
 .venv/bin/python -m pytest tests lectures solutions --nbval-lax --nbval-current-env -ra "$@"
 rc=$?

@@ -100,3 +100,28 @@ def test_manifest_lists_every_shipped_model():
     assert sorted(manifest) == sorted(models.names())
     for name, entry in manifest.items():
         assert models.sha256(models.checkpoint_path(name)) == entry["sha256"]
+
+
+def test_every_lecture_has_slide_metadata_from_its_headings():
+    assert course.slides(check=True) == [], "run `python -m xailab.course slides`"
+
+
+def test_slide_types_come_from_headings_and_manual_types_are_kept():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_markdown_cell("### Part"),
+        nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("## Next\ntext")])
+    nb.cells[2].metadata["slideshow"] = {"slide_type": "fragment"}
+    assert course.add_slide_metadata(nb) == 3
+    assert [c.metadata.slideshow.slide_type for c in nb.cells] == ["slide", "subslide", "fragment", "slide"]
+    assert course.add_slide_metadata(nb) == 0
+    assert course.add_slide_metadata(nb, reset=True) == 1 and nb.cells[2].metadata.slideshow.slide_type == "-"
+
+
+def test_a_lecture_exports_to_reveal_slides(tmp_path):
+    lecture = ROOT / "lectures" / "02_hooks.ipynb"
+    (out,) = course.export_slides([lecture], out=tmp_path)
+    html = out.read_text()
+    nb = nbformat.read(lecture, as_version=4)
+    n_slides = sum(course.slide_type(c) == "slide" for c in nb.cells)
+    assert n_slides >= 5 and html.count("<section") >= n_slides
+    assert "reveal" in html.lower() and "Hooks" in html and out.stat().st_size > 50_000

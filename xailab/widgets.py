@@ -72,19 +72,28 @@ def load_images(images, size: int = 64) -> torch.Tensor:
     return x.float()
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
+def _figure(w: float, h: float):
+    """A figure outside pyplot: safe in a background thread, never shown by the inline backend."""
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(w, h))
+    return fig, fig.subplots()
+
+
+def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return buf.getvalue()
 
 
-def render_image(image, title: str = "") -> bytes:
-    import matplotlib.pyplot as plt
+def show(view, png: bytes):
+    """Put a PNG into an Image widget at its natural size (no stretching)."""
+    view.width = str(int.from_bytes(png[16:20], "big"))
+    view.value = png
 
-    fig, ax = plt.subplots(figsize=(2.4, 2.5))
+
+def render_image(image, title: str = "") -> bytes:
+    fig, ax = _figure(2.4, 2.5)
     ax.imshow(viz.to_image(image))
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
@@ -94,21 +103,20 @@ def render_image(image, title: str = "") -> bytes:
 
 def render_explanation(image, heat, title: str = "") -> bytes:
     """The map over the image, with a colour bar (the map is scaled to [0, 1])."""
-    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    fig, ax = plt.subplots(figsize=(2.9, 2.5))
+    fig, ax = _figure(2.9, 2.5)
     viz.overlay(image, heat, ax=ax, title=title)
-    sm = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+    sm = ScalarMappable(cmap="jet", norm=Normalize(0, 1))
     fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     fig.tight_layout(pad=0.2)
     return _png(fig)
 
 
 def render_top5(probs: torch.Tensor, classes) -> bytes:
-    import matplotlib.pyplot as plt
-
     p, idx = probs.topk(min(5, probs.numel()))
-    fig, ax = plt.subplots(figsize=(2.8, 2.0))
+    fig, ax = _figure(2.8, 2.0)
     ax.barh(range(len(p))[::-1], p.tolist(), color="tab:blue")
     ax.set_yticks(range(len(p))[::-1], [classes[i] for i in idx.tolist()], fontsize=8)
     ax.set_xlim(0, 1)
@@ -120,10 +128,8 @@ def render_top5(probs: torch.Tensor, classes) -> bytes:
 
 def render_grid(activation, n: int = 16, title: str = "") -> bytes:
     """Feature maps of one image, strongest channels (by mean activation) first."""
-    import matplotlib.pyplot as plt
-
     order = viz.strongest_channels(activation, n)
-    fig, ax = plt.subplots(figsize=(4.0, 2.2))
+    fig, ax = _figure(4.0, 2.2)
     viz.feature_grid(activation, ax=ax, channels=order.tolist(), title=title)
     fig.tight_layout(pad=0.2)
     return _png(fig)
@@ -146,6 +152,7 @@ class _Widget:
         self.renders: Counter = Counter()     # view name -> times rendered (tests read this)
         self.errors: list[str] = []
         self.status = w.HTML("")
+        self.status.add_class("xailab-status")
         self._lock = threading.Lock()
         self._dirty: set[str] = set()
         self._dirty_lock = threading.Lock()     # guards _dirty and _generation
@@ -285,6 +292,9 @@ class Explorer(_Widget):
                                                   else ("features",)), "value")
         self.target.observe(lambda c: self.refresh(("explanation",)), "value")
         self.method.observe(lambda c: self.refresh(("explanation",)), "value")
+        for name, widget in [("image", self.image), ("layer", self.layer), ("class", self.target),
+                             ("method", self.method), *self.views.items()]:
+            widget.add_class(f"xailab-{name}")          # stable hooks for browser tests and CSS
         controls = w.HBox([w.VBox([self.image, self.layer]), w.VBox([self.target, self.method])])
         row1 = w.HBox([self.views["image"], self.views["explanation"], self.views["top5"]])
         self.ui = w.VBox([controls, self.status, row1, self.views["features"]])
@@ -299,18 +309,18 @@ class Explorer(_Widget):
         x = self.x[i:i + 1]
         if view == "image":
             p = self.probs[i]
-            self.views["image"].value = render_image(x[0], f"predicted: {self.classes[int(p.argmax())]}")
+            show(self.views["image"], render_image(x[0], f"predicted: {self.classes[int(p.argmax())]}"))
         elif view == "top5":
-            self.views["top5"].value = render_top5(self.probs[i], self.classes)
+            show(self.views["top5"], render_top5(self.probs[i], self.classes))
         elif view == "features":
             a = self._activation(x, self.layer.value)
-            self.views["features"].value = render_grid(a[0], title=f"{self.layer.value}: strongest channels")
+            show(self.views["features"], render_grid(a[0], title=f"{self.layer.value}: strongest channels"))
         elif view == "explanation":
             method, layer, t = self.method.value, self.layer.value, self.current_target()
             heat = self._explain(x, t, method, gen, **_options(method, layer), **self.options.get(method, {}))
             used = dict(image=i, layer=layer if _needs_layer(method) else None, target=t, method=method)
-            self.views["explanation"].value = render_explanation(
-                x[0], heat[0], f"{method} · {self.classes[t]}")
+            show(self.views["explanation"], render_explanation(
+                x[0], heat[0], f"{method} · {self.classes[t]}"))
             self.last = used
 
 
@@ -343,7 +353,7 @@ class LayerBrowser(_Widget):
         layer = self.current_layer
         a = self._activation(self.x, layer)
         self.label.value = f"<code>{layer}</code> {tuple(a.shape[1:])}"
-        self.views["features"].value = render_grid(a[0], self.n, title=layer)
+        show(self.views["features"], render_grid(a[0], self.n, title=layer))
 
 
 class ClassCompare(_Widget):
@@ -378,4 +388,5 @@ class ClassCompare(_Widget):
     def _compute(self, view, gen):
         t = (self.left if view == "left" else self.right).value
         heat = self._explain(self.x, t, self.method.value, gen)
-        self.views[view].value = render_explanation(self.x[0], heat[0], f"{self.method.value} · {self.classes[t]}")
+        show(self.views[view], render_explanation(self.x[0], heat[0],
+                                                        f"{self.method.value} · {self.classes[t]}"))
