@@ -1,0 +1,210 @@
+"""The Broden format: writer -> reader round trip, the synthetic dataset, clear errors."""
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from xailab.data import broden
+from xailab.data.broden import BrodenFormatError
+
+
+def _tiny(folder):
+    """Three 8x8 images, 4x4 segmentations: two pixel PNGs in one cell, whole-image
+    labels, a label number above 255 (uses the green channel), an unlabeled cell."""
+    rng = np.random.default_rng(0)
+    labels = [(f"thing{k}", "object") for k in range(300)] + [("stripes", "texture"), ("park", "scene")]
+    a = rng.integers(0, 301, (4, 4))
+    a[0, 0] = 257
+    b = rng.integers(0, 3, (4, 4))
+    tex = np.full((4, 4), 301)
+    tex[:2] = 0
+    records = [
+        {"image": (np.mgrid[:8, :8, :3].sum(0) * 12).astype(np.uint8), "object": [a, b], "texture": [tex],
+         "scene": [302]},
+        {"image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "object": [b], "scene": [302, 301],
+         "split": "val"},
+        {"image": np.full((8, 8, 3), 128, dtype=np.uint8), "scene": []},
+    ]
+    broden.write(folder, ["object", "texture", "scene"], labels, records)
+    return labels, records
+
+
+def test_round_trip(tmp_path):
+    labels, records = _tiny(tmp_path)
+    ds = broden.open(tmp_path)
+    assert len(ds) == 3 and ds.categories == ["object", "texture", "scene"]
+    assert ds.n_labels == 302 and ds.label_names[1:] == [n for n, _ in labels]
+    assert [r["split"] for r in ds.rows] == ["train", "val", "train"]
+    assert (ds.rows[0]["ih"], ds.rows[0]["iw"], ds.rows[0]["sh"], ds.rows[0]["sw"]) == (8, 8, 4, 4)
+    s0, s1, s2 = (ds.segmentation(i) for i in range(3))
+    assert [torch.equal(got, torch.from_numpy(want)) for got, want in zip(s0["object"], records[0]["object"])] \
+        == [True, True]
+    assert torch.equal(s0["texture"][0], torch.from_numpy(records[0]["texture"][0]))
+    assert s0["scene"] == [302] and s1["scene"] == [302, 301] and s1["texture"] == [] and s2["object"] == []
+    # JPEG is lossy, but close
+    err = (ds.image(0) * 255 - torch.from_numpy(records[0]["image"]).permute(2, 0, 1).float()).abs().mean()
+    assert err < 3 and torch.allclose(ds.image(2), torch.full((3, 8, 8), 128 / 255), atol=2 / 255)
+    # label 301 ("stripes") appears as a whole-image label under scene (coverage 1) and as
+    # texture pixels (coverage 0.5): its primary category is the larger coverage, scene
+    assert ds.category_of(301) == "scene" and ds.category_of(302) == "scene" and ds.category_of(257) == "object"
+    # the PNG really stores R + 256 G
+    from PIL import Image
+    png = np.asarray(Image.open(tmp_path / "images" / ds.rows[0]["object"][0]))
+    assert png[0, 0].tolist() == [1, 1, 0]
+    # the writer's tables follow the format
+    with open(tmp_path / "category.csv") as f:
+        cats = list(csv.DictReader(f))
+    assert [c["name"] for c in cats] == ["object", "texture", "scene"]
+    assert [int(c["frequency"]) for c in cats] == [2, 1, 2] and cats[0]["count"] == "300"
+    with open(tmp_path / "c_texture.csv") as f:
+        assert list(csv.DictReader(f)) == [{"code": "1", "number": "301", "name": "stripes",
+                                            "frequency": "1", "coverage": "0.500000"}]
+    with open(tmp_path / "label.csv") as f:
+        row = list(csv.DictReader(f))[300]
+    assert row["name"] == "stripes" and row["category"] == "texture(1);scene(1)"
+    # a batch pads the PNGs and whole-image labels of its images
+    batch = next(ds.batches(8))
+    assert batch.images.shape == (3, 3, 8, 8) and batch.pixels.shape == (3, 3, 4, 4)
+    assert batch.whole.tolist() == [[302, 0], [302, 301], [0, 0]]
+    assert batch.labelled.tolist() == [[True, True, True], [True, False, True], [False, False, False]]
+
+
+def test_reading_and_writing_again_gives_the_same_folder(tmp_path):
+    _tiny(tmp_path / "a")
+    ds = broden.open(tmp_path / "a")
+    records = [dict({c: [x if isinstance(x, int) else x.numpy() for x in v]
+                     for c, v in ds.segmentation(i).items()},
+                    image=(ds.image(i).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8),
+                    split=ds.rows[i]["split"]) for i in range(len(ds))]
+    broden.write(tmp_path / "b", ds.categories, [(ds.label_names[n], ds.category_of(n) if n != 301 else "texture")
+                                                for n in range(1, ds.n_labels + 1)], records)
+    for name in ("index.csv", "category.csv", "label.csv", "c_object.csv", "c_texture.csv", "c_scene.csv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
+
+
+def test_synthetic_dataset_is_deterministic_and_complete(tmp_path):
+    broden.make_synthetic(tmp_path / "a", 70, seed=3, size=32)
+    broden.make_synthetic(tmp_path / "b", 5, seed=3, size=32)
+    broden.make_synthetic(tmp_path / "c", 5, seed=4, size=32)
+    a, b = broden.open(tmp_path / "a"), broden.open(tmp_path / "b")
+    assert a.categories == ["color", "object", "part", "scene", "texture"]
+    assert a.label_names[1:12] == list(broden.COLORS) and len(broden.COLORS) == 11
+    assert a.rows[0]["ih"] == 32 and a.rows[0]["sh"] == 16
+    for i in range(5):   # image i does not depend on n
+        assert torch.equal(a.image(i), b.image(i))
+        sa, sb = a.segmentation(i), b.segmentation(i)
+        assert all(len(sa[c]) == len(sb[c]) and all(torch.equal(torch.as_tensor(x), torch.as_tensor(y))
+                                                    for x, y in zip(sa[c], sb[c])) for c in a.categories)
+    assert (tmp_path / "b" / "index.csv").read_text() != (tmp_path / "c" / "index.csv").read_text() or \
+        not torch.equal(b.image(0), broden.open(tmp_path / "c").image(0))
+    # every category is used, each label in its own category, colours label every pixel
+    seen = {c: set() for c in a.categories}
+    for i in range(len(a)):
+        s = a.segmentation(i)
+        assert len(s["color"]) == 1 and bool((s["color"][0] > 0).all())
+        assert len(s["scene"]) == 1 and isinstance(s["scene"][0], int)
+        for c, items in s.items():
+            for x in items:
+                seen[c] |= {x} if isinstance(x, int) else set(torch.unique(x).tolist()) - {0}
+    for c, nums in seen.items():
+        assert nums and {a.category_of(n) for n in nums} == {c}
+    assert len(seen["color"]) == 11 and len(seen["object"]) == 6 and len(seen["texture"]) == 5
+    # the object map agrees with the part map: parts lie inside objects
+    s = a.segmentation(0)
+    if s["part"]:
+        assert bool(((s["part"][0] > 0) <= (s["object"][0] > 0)).all())
+
+
+def _break(tmp_path, name):
+    src = tmp_path / "good"
+    if not src.exists():
+        broden.make_synthetic(src, 4, size=32)
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_index(folder, row, column, value):
+    with open(folder / "index.csv") as f:
+        rows = list(csv.reader(f))
+    rows[row][rows[0].index(column)] = value
+    with open(folder / "index.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_malformed_folders_give_clear_errors(tmp_path):
+    with pytest.raises(BrodenFormatError, match="not a folder"):
+        broden.open(tmp_path / "nowhere")
+
+    f = _break(tmp_path, "no_label")
+    (f / "label.csv").unlink()
+    with pytest.raises(BrodenFormatError, match=r"label\.csv is missing"):
+        broden.open(f)
+
+    f = _break(tmp_path, "no_c")
+    (f / "c_part.csv").unlink()
+    with pytest.raises(BrodenFormatError, match=r"c_part\.csv is missing"):
+        broden.open(f)
+
+    f = _break(tmp_path, "bad_int")
+    _edit_index(f, 2, "ih", "abc")
+    with pytest.raises(BrodenFormatError, match=r"index\.csv, row 3: column 'ih' must be an integer"):
+        broden.open(f)
+
+    f = _break(tmp_path, "bad_whole")
+    _edit_index(f, 1, "scene", "999")
+    with pytest.raises(BrodenFormatError, match=r"index\.csv, row 2 .*whole-image label 999"):
+        broden.open(f)
+
+    f = _break(tmp_path, "no_image")
+    ds = broden.open(f)
+    (f / "images" / ds.rows[1]["image"]).unlink()
+    with pytest.raises(BrodenFormatError, match=r"row 3 \(image 'synthetic_000001.jpg'\): image file .* is missing"):
+        ds.image(1)
+    with pytest.raises(BrodenFormatError, match="synthetic_000001.jpg"):
+        list(ds.batches(4))
+
+    from PIL import Image
+    f = _break(tmp_path, "bad_png_size")
+    ds = broden.open(f)
+    png = f / "images" / ds.rows[2]["object"][0]
+    Image.new("RGB", (5, 7)).save(png)
+    with pytest.raises(BrodenFormatError, match=r"row 4 .*_object\.png is 7x5, index\.csv says sh x sw = 16x16"):
+        ds.segmentation(2)
+
+    f = _break(tmp_path, "bad_png_label")
+    ds = broden.open(f)
+    png = f / "images" / ds.rows[0]["color"][0]
+    arr = np.asarray(Image.open(png)).copy()
+    arr[0, 0] = (40, 1, 0)     # label 296, not defined
+    Image.fromarray(arr).save(png)
+    with pytest.raises(BrodenFormatError, match=r"row 2 .*_color\.png holds label number\(s\) \[296\]"):
+        ds.segmentation(0)
+
+    f = _break(tmp_path, "bad_image_size")
+    _edit_index(f, 1, "iw", "31")
+    with pytest.raises(BrodenFormatError, match=r"row 2 .*is 32x32, index\.csv says ih x iw = 32x31"):
+        broden.open(f).image(0)
+
+    f = _break(tmp_path, "bad_c_number")
+    with open(f / "c_part.csv", "a") as fh:
+        fh.write("4,77,ghost,1,0.1\n")
+    with pytest.raises(BrodenFormatError, match=r"c_part\.csv, row 5: label number 77 is not in label\.csv"):
+        broden.open(f)
+
+
+def test_the_writer_refuses_bad_records(tmp_path):
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    labels = [("x", "object")]
+    with pytest.raises(ValueError, match=r"keys \['objects'\]"):
+        broden.write(tmp_path / "a", ["object"], labels, [{"image": img, "objects": [1]}])
+    with pytest.raises(ValueError, match="whole-image label 2 out of 1..1"):
+        broden.write(tmp_path / "b", ["object"], labels, [{"image": img, "object": [2]}])
+    with pytest.raises(ValueError, match="label number 3 out of 0..1"):
+        broden.write(tmp_path / "c", ["object"], labels, [{"image": img, "object": [np.full((4, 4), 3)]}])
+    with pytest.raises(ValueError, match="not in"):
+        broden.write(tmp_path / "d", ["object"], [("x", "scene")], [])
+    with pytest.raises(ValueError, match="uint8"):
+        broden.write(tmp_path / "e", ["object"], labels, [{"image": img.astype(float)}])
