@@ -89,6 +89,8 @@ ZOO = {
     "shapesnet": (ShapesNet, "GAP network for the shapes dataset (CAM applies)"),
     "shapesvgg": (ShapesVGG, "flatten + fully connected head (CAM does not apply)"),
     "shapesnet-shortcut": (ShapesNet, "ShapesNet trained on the watermarked (shortcut) data"),
+    "shapesnet-random-labels": (ShapesNet, "ShapesNet trained to memorise randomly permuted labels "
+                                           "(the data-randomisation sanity check)"),
 }
 
 

@@ -22,6 +22,11 @@ RECIPES = {
     "shapesnet": dict(shortcut=False, n_train=12000, epochs=4, lr=3e-3, batch=64, seed=0),
     "shapesvgg": dict(shortcut=False, n_train=12000, epochs=4, lr=2e-3, batch=64, seed=0),
     "shapesnet-shortcut": dict(shortcut=True, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
+    # Adebayo et al.'s data randomisation: the same network memorises labels permuted at
+    # random (no flips: memorising needs the exact images); near-perfect on its training
+    # images, chance on new ones
+    "shapesnet-random-labels": dict(shortcut=False, n_train=1000, epochs=60, lr=3e-3, batch=50, seed=0,
+                                    permute_labels=True),
 }
 
 
@@ -40,11 +45,23 @@ def accuracy(model: nn.Module, ds, batch: int = 500) -> float:
     return correct / len(ds)
 
 
+@torch.no_grad()
+def _accuracy_on(model: nn.Module, ds, labels, batch: int = 500) -> float:
+    """Accuracy against the labels the model was trained on (permuted ones included)."""
+    model.eval()
+    correct = sum(int((model(ds.images(slice(i, i + batch))).argmax(1) == labels[i:i + batch]).sum())
+                  for i in range(0, len(ds), batch))
+    return correct / len(ds)
+
+
 def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> dict:
     torch.manual_seed(recipe["seed"])
     model = models.build(name)
     train_ds = shapes("train", recipe["n_train"], seed=recipe["seed"], shortcut=recipe["shortcut"])
     val_ds = shapes("val", 2000, seed=recipe["seed"], shortcut=recipe["shortcut"])
+    labels = train_ds.labels
+    if recipe.get("permute_labels"):
+        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(recipe["seed"] + 1))]
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=1e-4)
     steps = recipe["epochs"] * (-(-len(train_ds) // recipe["batch"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps)
@@ -55,8 +72,9 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
         order = torch.randperm(len(train_ds), generator=gen)
         for i in range(0, len(order), recipe["batch"]):
             idx = order[i:i + recipe["batch"]]
-            x, y = train_ds.images(idx), train_ds.labels[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5 if not recipe["shortcut"] else None
+            x, y = train_ds.images(idx), labels[idx]
+            augment = not (recipe["shortcut"] or recipe.get("permute_labels"))
+            flip = torch.rand(len(idx), generator=gen) < 0.5 if augment else None
             if flip is not None:    # horizontal flips keep every class a valid class
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             loss = nn.functional.cross_entropy(model(x), y)
@@ -64,8 +82,10 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
             loss.backward()
             opt.step()
             sched.step()
-        log(f"{name}: epoch {epoch + 1}/{recipe['epochs']} loss {loss.item():.3f} "
-            f"val {accuracy(model, val_ds):.4f} ({time.time() - start:.0f} s)")
+        if recipe["epochs"] <= 10 or (epoch + 1) % 10 == 0:
+            log(f"{name}: epoch {epoch + 1}/{recipe['epochs']} loss {loss.item():.3f} "
+                f"val {accuracy(model, val_ds):.4f} ({time.time() - start:.0f} s)")
+            model.train()
     model.eval()
     out_dir = Path(out_dir or models.MODEL_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +94,7 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
     entry = dict(sha256=models.sha256(path), val_accuracy=round(accuracy(model, val_ds), 4),
+                 train_accuracy=round(_accuracy_on(model, train_ds, labels), 4),
                  seconds=round(time.time() - start), recipe=recipe,
                  torch=torch.__version__)
     manifest_path = out_dir / "manifest.json"
