@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import checks, data, hooks, models  # noqa: F401
+from . import checks, data, evaluation, hooks, models  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -67,7 +67,7 @@ def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
                          + (" (channels last? use x.permute(0, 3, 1, 2))" if x.dim() == 4 and x.shape[-1] == 3 else ""))
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; use x.float() / 255")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"x must hold images in [0, 1] (models normalise inside), got values in "
                          f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
