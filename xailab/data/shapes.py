@@ -48,7 +48,7 @@ def _inside(label: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             px, py = rho * np.cos(phi), rho * np.sin(phi)
             ix, iy = 0.45 * np.cos(np.pi / 5), 0.45 * np.sin(np.pi / 5)
             # inside when on the origin's side of the line tip (1, 0) -> inner vertex
-            m = (ix - 1.0) * py - iy * (px - 1.0) <= 0
+            m = (ix - 1.0) * py - iy * (px - 1.0) >= 0
         elif name == "cross":
             aa, bb = np.abs(a), np.abs(b)
             m = ((aa <= 0.28) & (bb <= 0.9)) | ((aa <= 0.9) & (bb <= 0.28))
