@@ -1,0 +1,230 @@
+"""xailab.optvis: the measured outcomes of lectures 03 and 07, references, and model hygiene."""
+import pytest
+import torch
+from torch import nn
+
+from xailab import hooks, optvis
+from xailab.data import shapes
+
+
+@pytest.fixture(autouse=True)
+def no_step_cap(monkeypatch):
+    """The outcomes below are measured at the stated step counts, whatever CI caps."""
+    monkeypatch.delenv(optvis.STEPS_ENV, raising=False)
+
+
+LAYERS = ("features.block1", "features.block2", "features.block3")
+
+
+@pytest.fixture(scope="module")
+def sample_means(shapesnet):
+    """Mean activation of every channel of the three blocks on a 1,000-image sample."""
+    x = shapes("test", 1000, seed=1).images()
+    with hooks.record(shapesnet, list(LAYERS)) as rec, torch.no_grad():
+        shapesnet(x)
+    return {name: rec.activations[name].mean((2, 3)) for name in LAYERS}
+
+
+def test_class_model_is_classified_as_its_class_for_every_class(shapesnet):
+    before = hooks.Snapshot.of(shapesnet)
+    images = optvis.class_images(shapesnet)                # all six classes in one batch
+    single = optvis.class_image(shapesnet, 5)              # the hardest class (heart) alone
+    assert before.diff(shapesnet) == []
+    assert single.shape == (3, 64, 64)
+    with torch.no_grad():
+        assert float(shapesnet(single[None]).softmax(1)[0, 5]) >= 0.9
+    assert images.shape == (6, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    with torch.no_grad():
+        p = shapesnet(images).softmax(1).diagonal()
+    assert (p >= 0.9).all(), p
+
+
+@pytest.mark.parametrize("layer,ch", [("features.block1", 0), ("features.block2", 0),
+                                      ("features.block3", 2), ("features.block3", 12)])
+def test_channel_image_beats_every_image_of_a_1000_image_sample(shapesnet, sample_means, layer, ch):
+    img = optvis.channel_image(shapesnet, layer, ch, steps=24)
+    data = sample_means[layer][:, ch]
+    ours = optvis.channel_activations(shapesnet, layer, ch, img[None])
+    assert len(data) == 1000 and float(ours) > float(data.max())
+
+
+def test_inversion_matches_features_and_pixel_error_grows_with_depth(shapesnet):
+    x = shapes("test", 1, seed=3).images()[0]
+    feat, pix = [], []
+    for layer in ("features.block1.conv2", "features.block2.bn2"):
+        r = optvis.invert(shapesnet, layer, x, steps=200)
+        feat.append(optvis.feature_error(shapesnet, layer, r, x))
+        pix.append(float((r - x).norm() / x.norm()))
+    assert max(feat) < 0.1, feat
+    assert pix[0] < pix[1], pix
+    # the TV prior makes the reconstruction smoother than one without it
+    r0 = optvis.invert(shapesnet, "features.block1.conv2", x, steps=30, tv_weight=0.0)
+    r1 = optvis.invert(shapesnet, "features.block1.conv2", x, steps=30, tv_weight=1.0)
+    assert optvis.total_variation(r1[None]) < optvis.total_variation(r0[None])
+
+
+def test_learned_decoder_beats_the_mean_image_on_held_out_images(shapesnet):
+    train = shapes("train", 600, seed=5).images()
+    held = shapes("test", 100, seed=6).images()
+    before = hooks.Snapshot.of(shapesnet)
+    dec = optvis.train_decoder(shapesnet, "features.block1", train, epochs=2, width=32, progress=False)
+    assert before.diff(shapesnet) == []
+    rec = optvis.decode(shapesnet, "features.block1", dec, held)
+    assert rec.shape == held.shape
+    mse = float((rec - held).pow(2).mean())
+    mean_mse = float((train.mean(0, keepdim=True) - held).pow(2).mean())
+    assert mse < 0.8 * mean_mse, (mse, mean_mse)
+
+
+def test_step_cap_from_the_environment(monkeypatch, shapesnet):
+    assert optvis.resolve_steps(None, 64) == 64 and optvis.resolve_steps(10, 64) == 10
+    monkeypatch.setenv(optvis.STEPS_ENV, "3")
+    assert optvis.resolve_steps(None, 64) == 3 and optvis.resolve_steps(2, 64) == 2
+    hist = []
+    optvis.optimize(shapesnet, optvis.channel("features.block1", 0), steps=50, history=hist, progress=False)
+    assert len(hist) == 3
+    monkeypatch.setenv(optvis.STEPS_ENV, "many")
+    with pytest.raises(ValueError, match="XAILAB_MAX_STEPS"):
+        optvis.resolve_steps(None, 64)
+    with pytest.raises(ValueError, match="positive"):
+        optvis.resolve_steps(0, 64)
+
+
+def test_objectives_combine_linearly():
+    acts = {"a": torch.arange(24.).view(1, 2, 3, 4), "b": torch.ones(1, 3, 2, 2)}
+    ctx = optvis.Context(acts, torch.tensor([[1.0, 5.0]]), torch.full((1, 3, 4, 4), 0.75))
+    c0, lay = optvis.channel("a", 1), optvis.layer("b")
+    assert torch.allclose(c0(ctx), torch.tensor([17.5]))
+    assert torch.allclose(optvis.neuron("a", 0, 1, 2)(ctx), torch.tensor([6.0]))
+    assert torch.allclose((2 * c0 - lay + 0.5 * optvis.class_logit(1))(ctx), torch.tensor([36.5]))
+    assert torch.allclose(sum([c0, lay])(ctx), torch.tensor([18.5]))
+    assert torch.allclose(optvis.class_logit(1, l2=2.0)(ctx), torch.tensor([5 - 2 * 0.0625]))
+    two = optvis.Context(acts, torch.tensor([[1.0, 5.0], [2.0, 3.0]]), torch.full((2, 3, 4, 4), 0.5))
+    assert torch.allclose(optvis.class_logit([1, 0])(two), torch.tensor([5.0, 2.0]))
+    assert torch.allclose(optvis.deepdream("a")(ctx), acts["a"].pow(2).mean().view(1))
+    assert torch.allclose(optvis.feature_match("a", acts["a"] * 0.5)(ctx), torch.tensor([-1.0]))
+    assert set((c0 + lay).layers) == {"a", "b"}
+
+
+def test_total_variation_is_the_papers_formula():
+    x = torch.rand(2, 3, 7, 9, generator=torch.Generator().manual_seed(0))
+    for beta in (1.0, 2.0, 3.0):
+        want = torch.stack([torch.stack([((x[n, :, i, j + 1] - x[n, :, i, j]) ** 2
+                                          + (x[n, :, i + 1, j] - x[n, :, i, j]) ** 2) ** (beta / 2)
+                                         for i in range(6) for j in range(8)]).mean() for n in range(2)])
+        assert torch.allclose(optvis.total_variation(x, beta), want, atol=1e-5)
+    assert float(optvis.total_variation(torch.full((1, 3, 8, 8), 0.3))[0]) < 1e-3
+
+
+def test_gaussian_blur_matches_torchvision():
+    from torchvision.transforms.functional import gaussian_blur
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for sigma in (0.5, 1.0, 2.0):
+        k = 2 * int(torch.tensor(3 * sigma).ceil()) + 1
+        assert torch.allclose(optvis.gaussian_blur(x, sigma), gaussian_blur(x, [k, k], [sigma, sigma]), atol=1e-5)
+
+
+def test_parametrisations_and_transforms_keep_shape_and_range():
+    g = torch.Generator().manual_seed(0)
+    img = optvis.fourier()(2, 32, 32, "cpu", g)()
+    assert img.shape == (2, 3, 32, 32) and 0 < img.min() and img.max() < 1
+    x = torch.rand(2, 3, 32, 32, generator=g)
+    for t in (optvis.jitter(3), optvis.scale(), optvis.rotate(), optvis.blur(1.0)):
+        assert t(x, g).shape == x.shape
+    rolled = optvis.jitter(0)(x, g)
+    assert torch.equal(rolled, x)
+
+
+def test_dataset_examples_and_receptive_fields(shapesnet):
+    data = shapes("test", 300, seed=2)
+    idx, vals = optvis.top_k(shapesnet, "features.block2", 3, data, k=5, batch_size=128)
+    brute = optvis.features(shapesnet, "features.block2", data.images())[:, 3].mean((1, 2))
+    assert torch.equal(idx, brute.topk(5).indices) and torch.allclose(vals, brute.topk(5).values)
+    assert optvis.receptive_field(shapesnet, "features.block1.conv1")[:2] == (3, 1)
+    assert optvis.receptive_field(shapesnet, "features.block1")[:2] == (6, 2)
+    assert optvis.receptive_field(shapesnet, "features.block3")[:2] == (32, 4)
+    patches, boxes, pv = optvis.top_patches(shapesnet, "features.block2", 3, data, k=4)
+    assert patches.shape == (4, 3, 16, 16) and len(boxes) == 4 and (pv[:-1] >= pv[1:]).all()
+    # the strongest unit's value is reproduced by the patch's image
+    a = optvis.features(shapesnet, "features.block2", data.images([boxes[0][0]]))[0, 3]
+    assert torch.isclose(a.max(), pv[0])
+
+
+def test_deconv_projection_matches_captum_deconvolution(shapesnet):
+    from captum.attr import Deconvolution
+    x = shapes("test", 1, seed=7).images()[0]
+    layer, ch = "features.block2", 4
+    a = optvis.features(shapesnet, layer, x[None])[0, ch]
+    pos = int(a.flatten().argmax())
+
+    class Unit(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inp):
+            with hooks.record(self.model, layer, detach=False) as rec:
+                self.model(inp)
+            return rec.activations[layer][:, ch].flatten(1)[:, pos:pos + 1]
+
+    before = hooks.Snapshot.of(shapesnet)
+    ours = optvis.deconv_projection(shapesnet, layer, ch, x)
+    assert before.diff(shapesnet) == []
+    for p in shapesnet.parameters():
+        p.requires_grad_(False)
+    try:
+        want = Deconvolution(Unit(shapesnet)).attribute(x[None].clone(), target=0)[0]
+    finally:
+        for p in shapesnet.parameters():
+            p.requires_grad_(True)
+    assert ours.abs().sum() > 0
+    assert torch.allclose(ours, want, atol=1e-6 * float(want.abs().max()) + 1e-8)
+
+
+def test_model_comes_back_unchanged_even_on_error(shapesnet):
+    shapesnet.train()
+    shapesnet.fc.weight.requires_grad_(False)
+    try:
+        before = hooks.Snapshot.of(shapesnet)
+
+        def boom(ctx):
+            raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"):
+            optvis.optimize(shapesnet, optvis.Objective(boom, ["features.block1"]), steps=2, progress=False)
+        assert before.diff(shapesnet) == []
+        optvis.dream(shapesnet, "features.block2", shapes("test", 1, seed=0).images()[0], steps=2)
+        assert before.diff(shapesnet) == []
+    finally:
+        shapesnet.eval()
+        shapesnet.fc.weight.requires_grad_(True)
+
+
+def test_bad_input_says_what_to_do(shapesnet):
+    with pytest.raises(ValueError, match="class_index"):
+        optvis.class_image(shapesnet, 6, steps=1)
+    with pytest.raises(KeyError, match="list_layers"):
+        optvis.channel_image(shapesnet, "features.block9", 0, steps=1)
+    with pytest.raises(ValueError, match=r"\[3,H,W\]"):
+        optvis.invert(shapesnet, "features.block1", torch.rand(2, 3, 64, 64), steps=1)
+    with pytest.raises(TypeError, match="Objective"):
+        optvis.optimize(shapesnet, lambda c: c, steps=1)
+
+
+def test_lab_checks_accept_the_reference_and_explain_mistakes(capsys):
+    from xailab.checks import lab03, lab07
+
+    def not_yet(*args, **kwargs):
+        raise NotImplementedError("write it")
+
+    for check in (lab03.check_ascent_step, lab03.check_visualise, lab07.check_total_variation,
+                  lab07.check_invert, lab07.check_train_decoder):
+        assert not check(not_yet)
+        assert "not written yet" in capsys.readouterr().out
+    assert lab07.check_total_variation(optvis.total_variation)
+    summed = lambda x, beta: optvis.total_variation(x, beta) * (x.shape[-1] - 1) * (x.shape[-2] - 1) * x.shape[1]
+    assert not lab07.check_total_variation(summed)
+    assert "take the mean" in capsys.readouterr().out
+    assert lab03.check_ascent_step(optvis.ascent_step)
+    descent = lambda m, x, f, lr, shift, s: optvis.ascent_step(m, x, f, -lr, shift, s)
+    assert not lab03.check_ascent_step(descent)
+    assert "subtracted" in capsys.readouterr().out
