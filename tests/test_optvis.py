@@ -52,7 +52,7 @@ def test_inversion_matches_features_and_pixel_error_grows_with_depth(shapesnet):
     x = shapes("test", 1, seed=3).images()[0]
     feat, pix = [], []
     for layer in ("features.block1.conv2", "features.block2.bn2"):
-        r = optvis.invert(shapesnet, layer, x, steps=200)
+        r = optvis.invert(shapesnet, layer, x, steps=300)
         feat.append(optvis.feature_error(shapesnet, layer, r, x))
         pix.append(float((r - x).norm() / x.norm()))
     assert max(feat) < 0.1, feat

@@ -120,14 +120,21 @@ def test_integrated_gradients_completeness(shapesnet):
     x = shapes("test", 4, seed=123).images()
     with torch.no_grad():
         t = shapesnet(x).argmax(1)
-    for baseline in (None, 0.5):
+    # the bar: 64 steps from the default black baseline; the grey baseline's path
+    # crosses more ReLU kinks on this model and needs 256 steps for the same 1%
+    for baseline, steps in ((None, 64), (0.5, 256)):
         base = torch.zeros_like(x) if baseline is None else torch.full_like(x, baseline)
         with torch.no_grad():
             gap = (shapesnet(x) - shapesnet(base)).gather(1, t[:, None])[:, 0]
-        attr = xailab.explain(shapesnet, x, t, "integrated_gradients", reduce=None, n_steps=64,
+        attr = xailab.explain(shapesnet, x, t, "integrated_gradients", reduce=None, n_steps=steps,
                               baseline=baseline)
-        err = (attr.sum((1, 2, 3)) - gap).abs() / gap.abs()
-        assert err.max() < 0.01, f"baseline {baseline}: completeness off by {err.tolist()}"
+        err = (attr.sum((1, 2, 3)) - gap).abs()
+        # 1% of the gap where the score really moves; where f(x) ~ f(baseline) a relative
+        # error divides by almost nothing, so there the absolute error must be tiny instead
+        big = gap.abs() >= 1
+        assert big.sum() >= 2, "pick images whose score differs from the baseline's"
+        assert (err[big] / gap[big].abs()).max() < 0.01, f"baseline {baseline}: {err.tolist()} vs {gap.tolist()}"
+        assert (err[~big] < 0.05).all(), f"baseline {baseline}: absolute completeness error {err.tolist()}"
 
 
 def _our_noise(x, n, noise, seed):
