@@ -65,15 +65,47 @@ class Report:
         return f"<Report {self.title}: {'passed' if self.passed else 'not yet'}>"
 
 
+def name_of(fn) -> str:
+    """The student's function's name, for messages."""
+    return getattr(fn, "__name__", "your function")
+
+
+def finish(report: Report, verbose: bool = True) -> Report:
+    """Print the report when ``verbose`` and return it (every check ends with this)."""
+    if verbose:
+        report.show()
+    return report
+
+
+def tensor_result(report: Report, fn, got, shape=None, what: str = "a tensor", nan_hint: str = ""):
+    """The student's result as a detached float CPU tensor, or None after recording why
+    not in words: None returned, not a tensor, wrong ``shape``, NaN or inf values."""
+    if got is None:
+        if report.passed:
+            report.fail(f"{name_of(fn)} returned None: did you forget `return`?")
+        return None
+    if not isinstance(got, torch.Tensor):
+        report.fail(f"{name_of(fn)} returned a {type(got).__name__}; expected {what}")
+        return None
+    if shape is not None and tuple(got.shape) != tuple(shape):
+        report.fail(f"{name_of(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)} ({what})")
+        return None
+    got = got.detach().float().cpu()
+    if not torch.isfinite(got).all():
+        report.fail(f"{name_of(fn)} returned NaN or inf values{nan_hint}")
+        return None
+    return got
+
+
 def call(report: Report, fn, *args, **kwargs):
     """Run the student's ``fn``; on an exception record it in words and return None."""
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        report.fail(f"{getattr(fn, '__name__', 'your function')} is not written yet "
+        report.fail(f"{name_of(fn)} is not written yet "
                     "(it still raises NotImplementedError).")
     except Exception as err:  # noqa: BLE001 - students get words, not tracebacks
         tb = traceback.extract_tb(err.__traceback__)
         where = f" (line {tb[-1].lineno}: {tb[-1].line})" if tb else ""
-        report.fail(f"{getattr(fn, '__name__', 'your function')} raised {type(err).__name__}: {err}{where}")
+        report.fail(f"{name_of(fn)} raised {type(err).__name__}: {err}{where}")
     return None

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import hooks, viz
-from .core import Report, call, relative_error
+from .core import Report, call, relative_error, name_of as _name, finish as _done
 
 SEED = 2
 
@@ -26,10 +26,6 @@ def _reference_activation(model, layer, x) -> torch.Tensor:
     with hooks.record(model, layer) as rec, torch.no_grad():
         model(x)
     return rec.activations[layer]
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
 
 
 def _as_result(report: Report, fn, got, what: str = "an activation tensor"):
@@ -129,12 +125,6 @@ def check_recorder(fn, verbose: bool = True) -> Report:
         report.compare("torchvision resnet18 net.layer2 activation", got,
                        _reference_activation(net, "net.layer2", x[:2]))
     return _done(report, verbose)
-
-
-def _done(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
 
 
 def check_heatmap(fn, verbose: bool = True) -> Report:

@@ -12,20 +12,10 @@ from __future__ import annotations
 import torch
 
 from .. import hooks, optvis
-from .core import Report, call, relative_error
+from .core import Report, call, relative_error, name_of as _name, finish as _done, tensor_result
 
 SEED = 3
 LAYER, CHANNEL = "features.block3", 12
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
-
-
-def _done(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
 
 
 def channel_score(model, x):
@@ -43,21 +33,8 @@ def class_score(index):
 
 
 def _image(report, fn, got, shape):
-    if got is None:
-        if report.passed:
-            report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected an image tensor {list(shape)}")
-        return None
-    if tuple(got.shape) != tuple(shape):
-        report.fail(f"{_name(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)}")
-        return None
-    got = got.detach().float().cpu()
-    if not torch.isfinite(got).all():
-        report.fail(f"{_name(fn)} returned NaN or inf (divide by mean|g| plus a tiny number?)")
-        return None
-    return got
+    return tensor_result(report, fn, got, shape, f"an image tensor {list(shape)}",
+                         " (divide by mean|g| plus a tiny number?)")
 
 
 def check_ascent_step(fn, verbose: bool = True) -> Report:

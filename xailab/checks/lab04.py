@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import hooks
 from ..attribution import saliency
-from .core import Report, call, relative_error
+from .core import Report, call, relative_error, name_of as _name, finish as _done
 
 SEED = 4
 TARGETS = [0, 3, 1, 5]          # fixed classes, deliberately not all the predicted ones
@@ -29,16 +29,6 @@ def _setup(n: int = 4):
     x = shapes("test", n, seed=SEED).images()
     x[1] = 0.25 + 0.5 * x[1]    # a dim image: its range is half the others'
     return model, x, torch.tensor(TARGETS[:n])
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
-
-
-def _done(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
 
 
 def _result(report: Report, fn, got, x):

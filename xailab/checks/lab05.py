@@ -17,7 +17,7 @@ import torch
 
 from .. import evaluation, hooks
 from ..attribution import cam as reference
-from .core import Report, call, relative_error
+from .core import Report, call, relative_error, name_of as _name, finish as _done
 
 SEED = 7
 TARGETS = [2, 0, 5, 3]          # fixed classes, deliberately not all the predicted ones
@@ -29,16 +29,6 @@ def _setup(name: str, n: int = 4):
     model = models.load(name)
     x = shapes("test", n, seed=SEED).images()
     return model, x, torch.tensor(TARGETS[:n])
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
-
-
-def _done(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
 
 
 def _map(report: Report, fn, got, shape):

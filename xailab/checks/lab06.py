@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Report, call
+from .core import Report, call, name_of as _name
 
 
 def reference_thresholds(acts: torch.Tensor, top: float) -> torch.Tensor:
@@ -27,10 +27,6 @@ def reference_iou(masks: torch.Tensor, labels: torch.Tensor, n_concepts: int) ->
     inter = m @ onehot
     union = m.sum(1, keepdim=True) + onehot.sum(0, keepdim=True) - inter
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union)).float()
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
 
 
 def _tensor(report, fn, got, what):

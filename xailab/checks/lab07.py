@@ -12,37 +12,13 @@ from __future__ import annotations
 import torch
 
 from .. import hooks, optvis
-from .core import Report, call, relative_error
+from .core import Report, call, relative_error, name_of as _name, finish as _done, tensor_result
 
 SEED = 7
 
 
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
-
-
-def _done(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
-
-
 def _tensor(report, fn, got, shape, what):
-    if got is None:
-        if report.passed:
-            report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected {what}")
-        return None
-    if tuple(got.shape) != tuple(shape):
-        report.fail(f"{_name(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)} ({what})")
-        return None
-    got = got.detach().float().cpu()
-    if not torch.isfinite(got).all():
-        report.fail(f"{_name(fn)} returned NaN or inf values")
-        return None
-    return got
+    return tensor_result(report, fn, got, shape, what)
 
 
 def check_total_variation(fn, verbose: bool = True) -> Report:

@@ -13,13 +13,9 @@ from __future__ import annotations
 import torch
 
 from .. import evaluation, hooks
-from .core import Report, call
+from .core import Report, call, name_of as _name, finish as _show
 
 SEED = 11
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", "your function")
 
 
 def _tensor(report: Report, fn, got, shape):
@@ -79,12 +75,6 @@ def check_deletion(fn, verbose: bool = True) -> Report:
                 report.fail("an AUC of probabilities over [0, 1] lies between 0 and 1: score the softmax "
                             "probability of the target class, not the logit")
     return _show(report, verbose)
-
-
-def _show(report: Report, verbose: bool) -> Report:
-    if verbose:
-        report.show()
-    return report
 
 
 def check_pointing_game(fn, verbose: bool = True) -> Report:
