@@ -163,6 +163,14 @@ def _evaluating(model):
         yield
 
 
+def _target(model, x, target) -> torch.Tensor:
+    """``resolve_target`` in eval mode (a None target costs a forward pass)."""
+    from . import attribution
+
+    with _evaluating(model):
+        return attribution.resolve_target(model, x, target)
+
+
 def _order(heatmaps: torch.Tensor) -> torch.Tensor:
     """Rank of every pixel, 0 = most important; ties broken by the flattened index."""
     h = heatmaps.flatten(1)
@@ -197,8 +205,7 @@ def _perturbation_curves(model, x, heatmaps, target, step, start, batch_size):
         raise ValueError(f"step must be a positive number of pixels, got {step!r}")
     n, _, hgt, wid = x.shape
     pixels = hgt * wid
-    with _evaluating(model):
-        t = attribution.resolve_target(model, x, target)
+    t = _target(model, x, target)
     counts = torch.arange(0, pixels + step, step, device=x.device).clamp(max=pixels)   # pixels changed
     counts = torch.unique_consecutive(counts)
     rank = _order(heatmaps).view(n, 1, hgt, wid)
@@ -242,8 +249,7 @@ def insertion(model: nn.Module, x: torch.Tensor, heatmaps: torch.Tensor, target=
     from . import attribution
 
     attribution.check_input(x, model)
-    with _evaluating(model):
-        t = attribution.resolve_target(model, x, target)     # the class of the original image
+    t = _target(model, x, target)     # the class of the original image
     # image k shows x where the rank is below k*step and the blurred copy elsewhere
     curves, frac = _perturbation_curves(model, blurred(x), heatmaps, t, step, x, batch_size)
     auc = _curve_auc(curves, frac)
@@ -333,8 +339,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, method: str, target=None,
     n = n_perturbations
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n_perturbations must be a positive integer, got {n!r}")
-    with _evaluating(model):
-        t = attribution.resolve_target(model, x, target)
+    t = _target(model, x, target)
     base = attribution.explain(model, x, t, method, **options)
     xs = (perturb or uniform_perturbation(radius, seed))(x.repeat_interleave(n, 0))
     pert = attribution.explain(model, xs, t.repeat_interleave(n), method, **options)
@@ -423,8 +428,7 @@ def model_randomisation(model: nn.Module, x: torch.Tensor, method: str, target=N
     if unknown:
         raise ValueError(f"unknown similarity {unknown}; choose from {list(SIMILARITIES)}")
     layers = list(layers) if layers is not None else parameter_layers(model)
-    with _evaluating(model):
-        t = attribution.resolve_target(model, x, target)
+    t = _target(model, x, target)
     base = attribution.explain(model, x, t, method, **options)
     rows = [{"layer": "(trained)", **{s: 1.0 for s in similarities}}]
     for i, name in enumerate(layers):
@@ -442,8 +446,7 @@ def data_randomisation(model: nn.Module, random_model: nn.Module, x: torch.Tenso
     (``xailab.models.load("shapesnet-random-labels")``), for the same images and class."""
     from . import attribution
 
-    with _evaluating(model):
-        t = attribution.resolve_target(model, x, target)
+    t = _target(model, x, target)
     a = attribution.explain(model, x, t, method, **options)
     b = attribution.explain(random_model, x, t, method, **options)
     return {s: round(float(SIMILARITIES[s](a, b).mean()), 4) for s in similarities}
@@ -501,8 +504,7 @@ def comparison_table(models: dict, x: torch.Tensor, masks: torch.Tensor, methods
     for mname, model in models.items():
         top = parameter_layers(model)[:randomise_layers]
         rand = randomise(model, top)
-        with _evaluating(model):
-            t = attribution.resolve_target(model, x)
+        t = _target(model, x, None)
         for method in methods:
             opts = options.get(method, {})
             row = {"model": mname, "method": method}
@@ -510,7 +512,7 @@ def comparison_table(models: dict, x: torch.Tensor, masks: torch.Tensor, methods
                 start = time.perf_counter()
                 heat = attribution.explain(model, x, t, method, **opts)
                 row["s/image"] = round((time.perf_counter() - start) / len(x), 4)
-            except CAMNotApplicableError as err:   # CAM on a head without GAP: a note, not a row
+            except CAMNotApplicableError:          # CAM on a head without GAP: a note, not a row
                 row["note"] = "not applicable: CAM needs global average pooling + one linear layer; use gradcam"
                 rows.append(row)
                 bar.update()

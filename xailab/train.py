@@ -31,26 +31,19 @@ RECIPES = {
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, ds, batch: int = 500) -> float:
-    """Top-1 accuracy of ``model`` on a shapes dataset, in batches."""
+def accuracy(model: nn.Module, ds, batch: int = 500, labels=None) -> float:
+    """Top-1 accuracy of ``model`` on a shapes dataset, in batches, against ``labels``
+    (default the dataset's own; the permuted ones for the random-label model)."""
+    labels = ds.labels if labels is None else labels
     was = model.training
     model.eval()
     correct = 0
     try:
         for i in range(0, len(ds), batch):
             x = ds.images(slice(i, i + batch))
-            correct += int((model(x).argmax(1) == ds.labels[i:i + batch]).sum())
+            correct += int((model(x).argmax(1) == labels[i:i + batch]).sum())
     finally:
         model.train(was)
-    return correct / len(ds)
-
-
-@torch.no_grad()
-def _accuracy_on(model: nn.Module, ds, labels, batch: int = 500) -> float:
-    """Accuracy against the labels the model was trained on (permuted ones included)."""
-    model.eval()
-    correct = sum(int((model(ds.images(slice(i, i + batch))).argmax(1) == labels[i:i + batch]).sum())
-                  for i in range(0, len(ds), batch))
     return correct / len(ds)
 
 
@@ -66,6 +59,7 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
     steps = recipe["epochs"] * (-(-len(train_ds) // recipe["batch"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps)
     gen = torch.Generator().manual_seed(recipe["seed"])
+    augment = not (recipe["shortcut"] or recipe.get("permute_labels"))
     start = time.time()
     model.train()
     for epoch in range(recipe["epochs"]):
@@ -73,7 +67,6 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
         for i in range(0, len(order), recipe["batch"]):
             idx = order[i:i + recipe["batch"]]
             x, y = train_ds.images(idx), labels[idx]
-            augment = not (recipe["shortcut"] or recipe.get("permute_labels"))
             flip = torch.rand(len(idx), generator=gen) < 0.5 if augment else None
             if flip is not None:    # horizontal flips keep every class a valid class
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -85,7 +78,6 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
         if recipe["epochs"] <= 10 or (epoch + 1) % 10 == 0:
             log(f"{name}: epoch {epoch + 1}/{recipe['epochs']} loss {loss.item():.3f} "
                 f"val {accuracy(model, val_ds):.4f} ({time.time() - start:.0f} s)")
-            model.train()
     model.eval()
     out_dir = Path(out_dir or models.MODEL_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +86,7 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
     entry = dict(sha256=models.sha256(path), val_accuracy=round(accuracy(model, val_ds), 4),
-                 train_accuracy=round(_accuracy_on(model, train_ds, labels), 4),
+                 train_accuracy=round(accuracy(model, train_ds, labels=labels), 4),
                  seconds=round(time.time() - start), recipe=recipe,
                  torch=torch.__version__)
     manifest_path = out_dir / "manifest.json"

@@ -77,24 +77,46 @@ def finish(report: Report, verbose: bool = True) -> Report:
     return report
 
 
-def tensor_result(report: Report, fn, got, shape=None, what: str = "a tensor", nan_hint: str = ""):
-    """The student's result as a detached float CPU tensor, or None after recording why
-    not in words: None returned, not a tensor, wrong ``shape``, NaN or inf values."""
+def require_tensor(report: Report, fn, got, what: str = "a tensor"):
+    """``got`` if it is a tensor; otherwise None after saying in words what came back."""
     if got is None:
-        if report.passed:
-            report.fail(f"{name_of(fn)} returned None: did you forget `return`?")
+        report.fail(f"{name_of(fn)} returned None: did you forget `return`?")
         return None
     if not isinstance(got, torch.Tensor):
         report.fail(f"{name_of(fn)} returned a {type(got).__name__}; expected {what}")
         return None
+    return got
+
+
+def tensor_result(report: Report, fn, got, shape=None, what: str = "a tensor", nan_hint: str = "",
+                  shape_hint=None):
+    """The student's result as a detached float CPU tensor, or None after recording why
+    not in words: None returned, not a tensor, wrong ``shape`` (the message ends with
+    ``shape_hint(got)`` when given, else with ``what``), NaN or inf values."""
+    if got is None and not report.passed:
+        return None                        # the call itself failed and said why
+    got = require_tensor(report, fn, got, what)
+    if got is None:
+        return None
     if shape is not None and tuple(got.shape) != tuple(shape):
-        report.fail(f"{name_of(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)} ({what})")
+        hint = shape_hint(got) if shape_hint else f" ({what})"
+        report.fail(f"{name_of(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)}{hint}")
         return None
     got = got.detach().float().cpu()
     if not torch.isfinite(got).all():
         report.fail(f"{name_of(fn)} returned NaN or inf values{nan_hint}")
         return None
     return got
+
+
+def diagnose(report: Report, got, alternatives) -> bool:
+    """If ``got`` equals one of the known mistakes ``[(result, hint), ...]``, record that
+    mistake's hint; True when one matched."""
+    for alt, hint in alternatives:
+        if alt is not None and alt.shape == got.shape and relative_error(got, alt) < 1e-4:
+            report.fail(hint)
+            return True
+    return False
 
 
 def call(report: Report, fn, *args, **kwargs):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import hooks, viz
-from .core import Report, call, relative_error, name_of as _name, finish as _done
+from .core import Report, call, relative_error, name_of as _name, finish as _done, require_tensor
 
 SEED = 2
 
@@ -26,17 +26,6 @@ def _reference_activation(model, layer, x) -> torch.Tensor:
     with hooks.record(model, layer) as rec, torch.no_grad():
         model(x)
     return rec.activations[layer]
-
-
-def _as_result(report: Report, fn, got, what: str = "an activation tensor"):
-    """None or a non-tensor result becomes a verdict; a tensor passes through."""
-    if got is None:
-        report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected {what} (a torch.Tensor)")
-        return None
-    return got
 
 
 def _leftovers(report: Report, before: hooks.Snapshot, model, when: str) -> bool:
@@ -75,7 +64,7 @@ def check_recorder(fn, verbose: bool = True) -> Report:
         got = call(report, fn, model, layer, x)
         if not report.passed:
             break
-        got = _as_result(report, fn, got)
+        got = require_tensor(report, fn, got, "an activation tensor (a torch.Tensor)")
         if got is None:
             break
         want = _reference_activation(model, layer, x)
@@ -105,7 +94,7 @@ def check_recorder(fn, verbose: bool = True) -> Report:
     net = _inplace_net()
     xs = x[:1, :, :16, :16]
     got = call(report, fn, net, "0", xs)
-    got = _as_result(report, fn, got) if report.passed else None
+    got = require_tensor(report, fn, got, "an activation tensor (a torch.Tensor)") if report.passed else None
     if got is not None:
         want = _reference_activation(net, "0", xs)
         if got.shape == want.shape and float(want.min()) < 0 <= float(got.min()) \
@@ -120,7 +109,7 @@ def check_recorder(fn, verbose: bool = True) -> Report:
     # 4. any architecture
     net = models.load_torchvision("resnet18", num_classes=6)
     got = call(report, fn, net, "net.layer2", x[:2])
-    got = _as_result(report, fn, got) if report.passed else None
+    got = require_tensor(report, fn, got, "an activation tensor (a torch.Tensor)") if report.passed else None
     if got is not None:
         report.compare("torchvision resnet18 net.layer2 activation", got,
                        _reference_activation(net, "net.layer2", x[:2]))
@@ -140,7 +129,7 @@ def check_heatmap(fn, verbose: bool = True) -> Report:
         act = _reference_activation(model, layer, x)
         kept = act.clone()
         got = call(report, fn, act, size)
-        got = _as_result(report, fn, got, "heat maps [N,H,W]") if report.passed else None
+        got = require_tensor(report, fn, got, "heat maps [N,H,W] (a torch.Tensor)") if report.passed else None
         if got is None:
             break
         if not torch.equal(act, kept):
@@ -185,7 +174,7 @@ def check_heatmap(fn, verbose: bool = True) -> Report:
     # a layer that is silent everywhere: zeros, not NaN
     flat = torch.zeros(2, 8, 4, 4)
     got = call(report, fn, flat, 16)
-    got = _as_result(report, fn, got, "heat maps [N,H,W]") if report.passed else None
+    got = require_tensor(report, fn, got, "heat maps [N,H,W] (a torch.Tensor)") if report.passed else None
     if got is not None:
         if tuple(got.shape) == (2, 16, 16) and torch.isnan(got.detach().float()).any():
             report.fail("a constant map (a silent layer) gives NaN: divide by (max - min) plus a small "

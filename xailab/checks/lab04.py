@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import hooks
 from ..attribution import saliency
-from .core import Report, call, relative_error, name_of as _name, finish as _done
+from .core import Report, call, relative_error, name_of as _name, finish as _done, diagnose, tensor_result
 
 SEED = 4
 TARGETS = [0, 3, 1, 5]          # fixed classes, deliberately not all the predicted ones
@@ -35,22 +35,9 @@ def _result(report: Report, fn, got, x):
     """The student's result as a float tensor shaped like x, or None with a verdict."""
     if not report.passed:
         return None
-    if got is None:
-        report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected a tensor [N,3,H,W]")
-        return None
-    if tuple(got.shape) != tuple(x.shape):
-        hint = " (one value per pixel and channel: do not sum or take the max over channels)" \
-            if got.dim() == 3 else ""
-        report.fail(f"{_name(fn)} returned shape {tuple(got.shape)}, expected {tuple(x.shape)}{hint}")
-        return None
-    got = got.detach().float().cpu()
-    if not torch.isfinite(got).all():
-        report.fail(f"{_name(fn)} returned NaN or inf values (a division by zero?)")
-        return None
-    return got
+    return tensor_result(report, fn, got, x.shape, "a tensor [N,3,H,W]", " (a division by zero?)",
+                         shape_hint=lambda g: " (one value per pixel and channel: do not sum or take "
+                                              "the max over channels)" if g.dim() == 3 else "")
 
 
 def _clean(report: Report, fn, model, x, kept, before) -> bool:
@@ -64,15 +51,6 @@ def _clean(report: Report, fn, model, x, kept, before) -> bool:
                     "work on a copy: x = x.detach().clone().requires_grad_(True)")
         return False
     return True
-
-
-def _diagnose(report: Report, got, alternatives) -> bool:
-    """If ``got`` equals one of the known mistakes, say which; True when one matched."""
-    for alt, hint in alternatives:
-        if relative_error(got, alt) < 1e-4:
-            report.fail(hint)
-            return True
-    return False
 
 
 def _grad_of(model, x, score_fn):
@@ -99,7 +77,7 @@ def check_gradient(fn, verbose: bool = True) -> Report:
     if relative_error(got, want) > 1e-4:
         with torch.no_grad():
             pred = model(x).argmax(1)
-        if _diagnose(report, got, [
+        if diagnose(report, got, [
                 (want.abs(), "you returned |gradient|; return the signed gradient (the heat map takes "
                              "the absolute value later)"),
                 (want * x, "that is gradient x input; return the gradient alone"),
@@ -173,7 +151,7 @@ def check_smoothgrad(fn, verbose: bool = True) -> Report:
              for n in range(len(x))]
     want = torch.stack([g.mean(0) for g in grads])
     what = "SmoothGrad (mean gradient over your noisy copies)"
-    if relative_error(got, want) > 1e-4 and _diagnose(report, got, [
+    if relative_error(got, want) > 1e-4 and diagnose(report, got, [
             (want * n_samples, "you summed the gradients; divide by n_samples to average them"),
             (want.abs(), "you returned |mean gradient|; return the signed mean"),
             (torch.stack([g.pow(2).mean(0) for g in grads]),
@@ -211,7 +189,7 @@ def check_integrated_gradients(fn, verbose: bool = True) -> Report:
     if errors[best] > 1e-4:
         alphas = torch.arange(1, n_steps + 1, dtype=x.dtype) / n_steps
         mean_grad = sum(saliency.input_gradients(model, a * x, target) for a in alphas) / n_steps
-        if not _diagnose(report, got, [
+        if not diagnose(report, got, [
                 (mean_grad, "you returned the average path gradient; multiply it by (x - baseline)"),
                 (ig["right"] * n_steps, "you summed the gradients; divide by n_steps (average them)"),
                 (ig["left"] * n_steps, "you summed the gradients; divide by n_steps (average them)"),

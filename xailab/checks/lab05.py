@@ -17,7 +17,7 @@ import torch
 
 from .. import evaluation, hooks
 from ..attribution import cam as reference
-from .core import Report, call, relative_error, name_of as _name, finish as _done
+from .core import Report, call, relative_error, name_of as _name, finish as _done, diagnose, tensor_result
 
 SEED = 7
 TARGETS = [2, 0, 5, 3]          # fixed classes, deliberately not all the predicted ones
@@ -31,31 +31,21 @@ def _setup(name: str, n: int = 4):
     return model, x, torch.tensor(TARGETS[:n])
 
 
+def _map_shape_hint(got) -> str:
+    if got.dim() == 4:
+        return " (sum the weighted maps over the channel dimension, dim=1)"
+    if got.shape[-1] == 64:
+        return " (return the map at the layer's resolution: do not upsample)"
+    if got.dim() == 3:
+        return " (record the `layer` you were given, not a fixed one)"
+    return ""
+
+
 def _map(report: Report, fn, got, shape):
     """The student's map as a float tensor of ``shape``, or None with a verdict."""
     if not report.passed:
         return None
-    if got is None:
-        report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected a tensor {list(shape)}")
-        return None
-    if tuple(got.shape) != tuple(shape):
-        hint = ""
-        if got.dim() == 4:
-            hint = " (sum the weighted maps over the channel dimension, dim=1)"
-        elif got.shape[-1] == 64:
-            hint = " (return the map at the layer's resolution: do not upsample)"
-        elif got.dim() == 3:
-            hint = " (record the `layer` you were given, not a fixed one)"
-        report.fail(f"{_name(fn)} returned shape {tuple(got.shape)}, expected {tuple(shape)}{hint}")
-        return None
-    got = got.detach().float().cpu()
-    if not torch.isfinite(got).all():
-        report.fail(f"{_name(fn)} returned NaN or inf values")
-        return None
-    return got
+    return tensor_result(report, fn, got, shape, f"a tensor {list(shape)}", shape_hint=_map_shape_hint)
 
 
 def _clean(report: Report, fn, model, before) -> bool:
@@ -65,14 +55,6 @@ def _clean(report: Report, fn, model, before) -> bool:
                     "use `with hooks.record(...)` so the hooks go away")
         return False
     return True
-
-
-def _diagnose(report: Report, got, alternatives) -> bool:
-    for alt, hint in alternatives:
-        if alt is not None and alt.shape == got.shape and relative_error(got, alt) < 1e-4:
-            report.fail(hint)
-            return True
-    return False
 
 
 def check_cam(fn, verbose: bool = True) -> Report:
@@ -89,7 +71,7 @@ def check_cam(fn, verbose: bool = True) -> Report:
     if relative_error(got, want) > 1e-4:
         pred = reference.cam(model, x, None, upsample=False)
         bias = model.fc.bias.detach()[target][:, None, None]
-        if _diagnose(report, got, [
+        if diagnose(report, got, [
                 (want.clamp_min(0), "you applied a ReLU; CAM as in the paper keeps the negative values "
                                     "(the ReLU belongs to Grad-CAM)"),
                 (pred, "you used the predicted class; use the `target` you were given"),
@@ -119,7 +101,7 @@ def check_gradcam(fn, verbose: bool = True) -> Report:
         if relative_error(got, want) > 1e-4:
             p = reference.layer_pass(model, x, target, layer)
             n = p.activations.shape[-1] * p.activations.shape[-2]
-            if _diagnose(report, got, [
+            if diagnose(report, got, [
                     (reference.gradcam(model, x, target, layer=layer, upsample=False, relu=False),
                      "the ReLU is missing: Grad-CAM keeps only the positive part"),
                     (want * n, "you summed the gradients over positions; average them (mean over dims 2 and 3)"),

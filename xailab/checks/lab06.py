@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Report, call, name_of as _name
+from .core import Report, call, name_of as _name, require_tensor
 
 
 def reference_thresholds(acts: torch.Tensor, top: float) -> torch.Tensor:
@@ -29,16 +29,6 @@ def reference_iou(masks: torch.Tensor, labels: torch.Tensor, n_concepts: int) ->
     return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union)).float()
 
 
-def _tensor(report, fn, got, what):
-    if got is None:
-        report.fail(f"{_name(fn)} returned None: did you forget `return`?")
-        return None
-    if not isinstance(got, torch.Tensor):
-        report.fail(f"{_name(fn)} returned a {type(got).__name__}; expected {what} (a torch.Tensor)")
-        return None
-    return got
-
-
 def check_thresholds(fn, verbose: bool = True) -> Report:
     """``fn(acts, top)``: acts FloatTensor[N, U, h, w] -> FloatTensor[U], the level
     above which the top fraction ``top`` of each unit's values lies."""
@@ -51,7 +41,7 @@ def check_thresholds(fn, verbose: bool = True) -> Report:
         got = call(report, fn, acts.clone(), top)
         if not report.passed:
             break
-        got = _tensor(report, fn, got, "one threshold per unit")
+        got = require_tensor(report, fn, got, "one threshold per unit (a torch.Tensor)")
         if got is None:
             break
         want = reference_thresholds(acts, top)
@@ -88,7 +78,7 @@ def check_iou(fn, verbose: bool = True) -> Report:
         got = call(report, fn, m.clone(), lab.clone(), n)
         if not report.passed:
             break
-        got = _tensor(report, fn, got, "an IoU table [units, concepts]")
+        got = require_tensor(report, fn, got, "an IoU table [units, concepts] (a torch.Tensor)")
         if got is None:
             break
         want = reference_iou(m, lab, n)
