@@ -32,6 +32,7 @@ model as found (``hooks.preserved``: mode, ``requires_grad`` flags, no hooks).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -323,7 +324,8 @@ def _progress(total, show, desc):
 
 def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), regularizers=(),
              steps: int | None = None, lr: float = 0.05, size: int = 64, n: int = 1, seed: int = 0,
-             progress: bool = True, history: list | None = None, lr_decay: bool = False) -> torch.Tensor:
+             progress: bool = True, history: list | None = None, lr_decay: bool = False,
+             relax: float = 0.0) -> torch.Tensor:
     """Maximise ``objective`` minus the ``regularizers`` over an image; returns
     FloatTensor[n,3,size,size] in [0,1] (detached, on the model's device).
 
@@ -333,6 +335,8 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
     Adam with learning rate ``lr`` (``lr_decay=True``: cosine decay to 0 over the run);
     ``steps=None`` means 128, capped by $XAILAB_MAX_STEPS.
     ``history``: a list that receives the objective value (mean over images) each step.
+    ``relax``: fraction of the run that uses ``hooks.relaxed_gradients`` (surrogate ReLU and
+    max-pool gradients whose strength falls linearly from 1 to 0); the rest uses exact gradients.
     """
     if not isinstance(objective, Objective):
         raise TypeError("objective must be an optvis Objective (channel, neuron, layer, class_logit, "
@@ -353,12 +357,16 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
     opt = torch.optim.Adam(param.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_decay else None
     bar = _progress(steps, progress, objective.name)
-    with hooks.preserved(model), hooks.forward_hooks(model, {l: keep(l) for l in objective.layers}):
+    relaxing = hooks.relaxed_gradients(model) if relax > 0 else contextlib.nullcontext()
+    with hooks.preserved(model), relaxing as relaxation, \
+            hooks.forward_hooks(model, {l: keep(l) for l in objective.layers}):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         with torch.enable_grad():
             for i in range(steps):
+                if relaxation is not None:
+                    relaxation.strength = max(0.0, 1.0 - i / (relax * steps))
                 opt.zero_grad()
                 img = param()
                 x = img
@@ -495,20 +503,27 @@ def features(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None = None, seed: int = 0,
-           tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, progress: bool = False) -> torch.Tensor:
+           tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, relax: float = 0.6,
+           progress: bool = False) -> torch.Tensor:
     """Mahendran & Vedaldi 2015: an image [3,H,W] whose ``layer`` representation matches
-    that of ``image``, minimising ||phi(x) - phi0||^2 / ||phi0||^2 + tv_weight * TV^beta(x),
-    by Adam from grey plus noise with a cosine-decaying learning rate. ``steps=None``: 200.
-    Invert pre-ReLU layers (conv or batch-norm outputs): a ReLU that is off in the
-    current image passes no gradient, so post-ReLU targets are matched less well."""
+    that of ``image``, minimising ||phi(x) - phi0||^2 / ||phi0||^2 + tv_weight * TV^beta(x).
+
+    How: Adam (cosine-decaying learning rate) over a decorrelated Fourier image that starts
+    near grey. For the first ``relax`` fraction of the run the gradients are relaxed
+    (``hooks.relaxed_gradients``: ReLUs that are off and max-pool positions that are not the
+    maximum still pass some gradient, fading to exact gradients); without this the search
+    stalls behind ReLUs that are off in the current image. ``steps=None``: 600.
+    Invert pre-ReLU layers (conv or batch-norm outputs): they keep the sign information
+    that a ReLU output throws away."""
     x0 = _check_image(image).to(_device(model))
     target = features(model, layer, x0[None])
     if float(target.pow(2).sum()) == 0:
         raise ValueError(f"the {layer} representation of this image is all zero; nothing to invert")
-    return _single(optimize(model, feature_match(layer, target), param=pixels(sd=0.1),
-                            regularizers=(tv(tv_weight, beta),), steps=resolve_steps(steps, 200), lr=lr,
-                            lr_decay=True,
-                            size=x0.shape[-1], seed=seed, progress=progress))
+    if not 0 <= relax <= 1:
+        raise ValueError(f"relax is the fraction of steps with relaxed gradients, in [0, 1]; got {relax}")
+    return _single(optimize(model, feature_match(layer, target), param=fourier(sd=0.01),
+                            regularizers=(tv(tv_weight, beta),), steps=resolve_steps(steps, 600), lr=lr,
+                            lr_decay=True, relax=relax, size=x0.shape[-1], seed=seed, progress=progress))
 
 
 def feature_error(model: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tensor) -> float:
