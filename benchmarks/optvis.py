@@ -80,9 +80,9 @@ def notebook_work():
         "03 DeepDream (3 x 24 steps)": lambda: [optvis.dream(model, l, sample.images([0])[0], steps=24)
                                                 for l in ["features.block1", "features.block2",
                                                           "features.block3"]],
-        "07 inversions (3 x 200 steps)": lambda: [optvis.invert(model, l, x0) for l in
+        "07 inversions (4 x 600 steps)": lambda: [optvis.invert(model, l, x0) for l in
                                                   ["features.block1.conv2", "features.block2.conv2",
-                                                   "features.block3.conv2"]],
+                                                   "features.block3.conv1", "features.block3.conv2"]],
         "07 decoder (1,500 images, 2 epochs)": lambda: optvis.train_decoder(
             model, "features.block2", shapes("train", 1500, seed=5).images(), epochs=2, width=32,
             progress=False),
