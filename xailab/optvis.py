@@ -4,7 +4,8 @@ DeepDream and inversion (lectures 03 and 07).
 One engine, ``optimize``, ascends an ``Objective`` (what to make large) with
 respect to an image given by a parametrisation (``pixels`` or the decorrelated
 ``fourier`` image), under random ``transforms`` (jitter, scale, rotate, blur)
-and ``regularizers`` (L2, total variation, blur every k steps)::
+and ``regularizers`` (L2, total variation, blur every k steps); ``relax`` starts
+the run with relaxed ReLU/max-pool gradients (``hooks.relaxed_gradients``)::
 
     obj = optvis.channel("features.block2", 5) - 0.1 * optvis.layer("features.block1")
     img = optvis.optimize(model, obj, param=optvis.fourier(), steps=256)   # [1,3,H,W] in [0,1]
