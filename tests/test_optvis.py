@@ -48,32 +48,55 @@ def test_channel_image_beats_every_image_of_a_1000_image_sample(shapesnet, sampl
     assert len(data) == 1000 and float(ours) > float(data.max())
 
 
-INVERTED = ("features.block1.conv2", "features.block2.conv2", "features.block3.conv1")
+INVERTED = ("features.block1.conv2", "features.block2.conv2", "features.block3.conv1",
+            "features.block3.conv2")
 
 
 def test_inversion_matches_features_and_pixel_error_grows_with_depth(shapesnet):
     x = shapes("test", 1, seed=3).images()[0]
+    before = hooks.Snapshot.of(shapesnet)
     feat, pix = [], []
-    for layer in INVERTED:                                  # after 0, 1 and 2 max-poolings
+    for layer in INVERTED:                          # after 0, 1, 2 max-poolings, then the last conv
         r = optvis.invert(shapesnet, layer, x)
         feat.append(optvis.feature_error(shapesnet, layer, r, x))
         pix.append(float((r - x).norm() / x.norm()))
+    assert before.diff(shapesnet) == []
     assert max(feat) < 0.1, feat
-    assert pix[0] < pix[1] < pix[2], pix
+    assert pix[0] < pix[1] < pix[2] < pix[3], pix
     # the TV prior makes the reconstruction smoother than one without it
     r0 = optvis.invert(shapesnet, "features.block1.conv2", x, steps=30, tv_weight=0.0)
     r1 = optvis.invert(shapesnet, "features.block1.conv2", x, steps=30, tv_weight=1.0)
     assert optvis.total_variation(r1[None]) < optvis.total_variation(r0[None])
 
 
-def test_relaxed_gradients_rescue_a_stalled_inversion(shapesnet):
-    x = shapes("test", 6, seed=3).images()[5]
-    layer = "features.block3.conv1"
-    exact = optvis.feature_error(shapesnet, layer, optvis.invert(shapesnet, layer, x, relax=0.0), x)
-    relaxed = optvis.feature_error(shapesnet, layer, optvis.invert(shapesnet, layer, x), x)
-    assert relaxed < 0.1 < exact, (relaxed, exact)
-    with pytest.raises(ValueError, match="relax"):
-        optvis.invert(shapesnet, layer, x, steps=1, relax=2.0)
+def test_undoing_the_last_convolution_first_is_what_reaches_the_deep_layer(shapesnet):
+    x = shapes("test", 1, seed=3).images()[0]
+    layer = "features.block3.conv2"
+    direct = optvis.feature_error(shapesnet, layer, optvis.invert(shapesnet, layer, x, through_conv=False), x)
+    through = optvis.feature_error(shapesnet, layer, optvis.invert(shapesnet, layer, x), x)
+    assert through < 0.1 < direct, (through, direct)
+
+
+@pytest.mark.parametrize("nonnegative", [False, True])
+def test_conv_input_is_the_least_squares_solution(nonnegative):
+    from scipy.optimize import lsq_linear, nnls
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1)             # more outputs than inputs: one solution
+    shape = (1, 3, 5, 5)
+    out = conv(torch.randn(shape)).detach()          # signed input: the constraint r >= 0 binds
+    # the reference: the convolution as an explicit matrix, solved by scipy
+    basis = torch.eye(75).view(75, *shape[1:])
+    a = (conv(basis) - conv.bias.view(1, -1, 1, 1)).detach().flatten(1).T.double().numpy()
+    b = (out - conv.bias.view(1, -1, 1, 1)).detach().flatten().double().numpy()
+    want = nnls(a, b)[0] if nonnegative else lsq_linear(a, b).x
+    got = optvis.conv_input(conv, out, shape, nonnegative=nonnegative, steps=3000)
+    assert got.shape == shape and (not nonnegative or got.min() >= 0)
+
+    def residual(r):
+        return float(((a @ r - b) ** 2).sum() / (b ** 2).sum())
+    assert abs(residual(got.flatten().double().numpy()) - residual(want)) < 1e-4, \
+        (residual(got.flatten().double().numpy()), residual(want))
+    assert (residual(want) > 1e-3) == nonnegative      # only the constrained problem has no exact fit
 
 
 def test_learned_decoder_beats_the_mean_image_on_held_out_images(shapesnet):

@@ -4,8 +4,7 @@ Every hook lives in a ``HookSet``, a context manager that removes all of its
 hooks in ``finally`` (on success, on error, on KeyboardInterrupt). ``record``
 captures activations and gradients; ``preserved`` restores a model's mode,
 ``requires_grad`` flags and in-place ReLUs; ``modified_relu_backward`` swaps the
-ReLU backward rule for guided backprop and DeconvNet; ``relaxed_gradients`` gives
-ReLUs and max-pools surrogate gradients for input optimisation (inversion).
+ReLU backward rule for guided backprop and DeconvNet.
 """
 from __future__ import annotations
 
@@ -135,11 +134,13 @@ class HookSet:
 
 
 @contextlib.contextmanager
-def forward_hooks(model: nn.Module, fns: dict):
-    """Register ``{layer name: hook fn}`` forward hooks for the duration of a ``with``."""
+def forward_hooks(model: nn.Module, fns):
+    """Register forward hooks for the duration of a ``with``: ``fns`` is a dict
+    ``{layer name: hook fn}`` or a list of ``(layer name, hook fn)`` pairs (one layer may
+    then get several hooks)."""
     hs = HookSet()
     try:
-        for name, fn in fns.items():
+        for name, fn in (fns.items() if isinstance(fns, dict) else fns):
             hs.forward(get_layer(model, name), fn)
         yield hs
     finally:
@@ -314,52 +315,3 @@ def modified_relu_backward(model: nn.Module, rule: str):
             hs.full_backward(m, hook)
         yield hs
 
-
-class Relaxation:
-    """Handle yielded by ``relaxed_gradients``: set ``strength`` (1 = full surrogate,
-    0 = exact gradients) between steps to anneal the relaxation."""
-
-    def __init__(self, strength: float = 1.0):
-        self.strength = float(strength)
-
-
-@contextlib.contextmanager
-def relaxed_gradients(model: nn.Module, relu_slope: float = 0.3, pool_spread: float = 1.0):
-    """Surrogate gradients for optimising an *input* through a network.
-
-    Forward values are unchanged. On the way back, every ``nn.ReLU`` also passes
-    ``relu_slope * strength`` of the gradient where it was off (so a unit that is off can be
-    switched on), and every ``nn.MaxPool2d`` also spreads ``pool_spread * strength`` of the
-    gradient over its whole window, as average pooling would (so a location that is not the
-    maximum still learns). Yields a ``Relaxation``; lower its ``strength`` to 0 to end with
-    exact gradients. In-place ReLUs are made out-of-place for the duration.
-    """
-    if relu_slope < 0 or pool_spread < 0:
-        raise ValueError("relu_slope and pool_spread must be >= 0")
-    handle = Relaxation()
-
-    def relu_hook(module, inp, out):
-        k = relu_slope * handle.strength
-        if k == 0:
-            return None
-        x = inp[0]
-        off = x * (x <= 0)
-        return out + k * (off - off.detach())
-
-    def pool_hook(module, inp, out):
-        k = pool_spread * handle.strength
-        if k == 0:
-            return None
-        avg = nn.functional.avg_pool2d(inp[0], module.kernel_size, module.stride, module.padding,
-                                       module.ceil_mode, count_include_pad=False)
-        if avg.shape != out.shape:
-            return None
-        return out + k * (avg - avg.detach())
-
-    with out_of_place_relus(model), HookSet() as hs:
-        for m in model.modules():
-            if isinstance(m, nn.ReLU):
-                hs.forward(m, relu_hook)
-            elif isinstance(m, nn.MaxPool2d) and m.dilation in (1, (1, 1)):
-                hs.forward(m, pool_hook)
-        yield handle

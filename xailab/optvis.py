@@ -4,8 +4,7 @@ DeepDream and inversion (lectures 03 and 07).
 One engine, ``optimize``, ascends an ``Objective`` (what to make large) with
 respect to an image given by a parametrisation (``pixels`` or the decorrelated
 ``fourier`` image), under random ``transforms`` (jitter, scale, rotate, blur)
-and ``regularizers`` (L2, total variation, blur every k steps); ``relax`` starts
-the run with relaxed ReLU/max-pool gradients (``hooks.relaxed_gradients``)::
+and ``regularizers`` (L2, total variation, blur every k steps)::
 
     obj = optvis.channel("features.block2", 5) - 0.1 * optvis.layer("features.block1")
     img = optvis.optimize(model, obj, param=optvis.fourier(), steps=256)   # [1,3,H,W] in [0,1]
@@ -33,7 +32,6 @@ model as found (``hooks.preserved``: mode, ``requires_grad`` flags, no hooks).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -162,15 +160,20 @@ def class_logit(index, l2: float = 0.0) -> Objective:
     return Objective(fn, [], f"class({index})")
 
 
-def feature_match(name: str, target: torch.Tensor) -> Objective:
-    """Minus ||phi(x) - phi0||^2 / ||phi0||^2 (Mahendran & Vedaldi's loss)."""
+INPUT = ":input"   # suffix of an objective's layer key: read the layer's input, not its output
+
+
+def feature_match(name: str, target: torch.Tensor, of_input: bool = False) -> Objective:
+    """Minus ||phi(x) - phi0||^2 / ||phi0||^2 (Mahendran & Vedaldi's loss), with phi the
+    output of layer ``name`` (``of_input=True``: the tensor that goes *into* it)."""
     target = target.detach()
+    key = name + INPUT if of_input else name
 
     def fn(c):
-        a = c.acts[name]
+        a = c.acts[key]
         t = target.to(a.device, a.dtype).expand_as(a)
         return -(a - t).pow(2).flatten(1).sum(1) / t.pow(2).flatten(1).sum(1).clamp_min(1e-12)
-    return Objective(fn, [name], f"feature_match({name})")
+    return Objective(fn, [key], f"feature_match({key})")
 
 
 # --------------------------------------------------------------------------- parametrisations
@@ -325,8 +328,7 @@ def _progress(total, show, desc):
 
 def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), regularizers=(),
              steps: int | None = None, lr: float = 0.05, size: int = 64, n: int = 1, seed: int = 0,
-             progress: bool = True, history: list | None = None, lr_decay: bool = False,
-             relax: float = 0.0) -> torch.Tensor:
+             progress: bool = True, history: list | None = None, lr_decay: bool = False) -> torch.Tensor:
     """Maximise ``objective`` minus the ``regularizers`` over an image; returns
     FloatTensor[n,3,size,size] in [0,1] (detached, on the model's device).
 
@@ -336,8 +338,6 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
     Adam with learning rate ``lr`` (``lr_decay=True``: cosine decay to 0 over the run);
     ``steps=None`` means 128, capped by $XAILAB_MAX_STEPS.
     ``history``: a list that receives the objective value (mean over images) each step.
-    ``relax``: fraction of the run that uses ``hooks.relaxed_gradients`` (surrogate ReLU and
-    max-pool gradients whose strength falls linearly from 1 to 0); the rest uses exact gradients.
     """
     if not isinstance(objective, Objective):
         raise TypeError("objective must be an optvis Objective (channel, neuron, layer, class_logit, "
@@ -350,24 +350,21 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
     penalties = [r for r in regularizers if not isinstance(r, BlurEvery)]
     acts: dict = {}
 
-    def keep(name):
+    def keep(key):
         def hook(module, inp, out):
-            acts[name] = out
+            acts[key] = inp[0] if key.endswith(INPUT) else out
         return hook
 
     opt = torch.optim.Adam(param.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_decay else None
     bar = _progress(steps, progress, objective.name)
-    relaxing = hooks.relaxed_gradients(model) if relax > 0 else contextlib.nullcontext()
-    with hooks.preserved(model), relaxing as relaxation, \
-            hooks.forward_hooks(model, {l: keep(l) for l in objective.layers}):
+    with hooks.preserved(model), \
+            hooks.forward_hooks(model, [(k.removesuffix(INPUT), keep(k)) for k in objective.layers]):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
         with torch.enable_grad():
             for i in range(steps):
-                if relaxation is not None:
-                    relaxation.strength = max(0.0, 1.0 - i / (relax * steps))
                 opt.zero_grad()
                 img = param()
                 x = img
@@ -503,28 +500,87 @@ def features(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return rec.activations[layer]
 
 
+def conv_input(conv: nn.Conv2d, output: torch.Tensor, input_shape, nonnegative: bool = False,
+               steps: int = 500) -> torch.Tensor:
+    """The input r [1,C,h,w] (shape ``input_shape``) that best reproduces a convolution's
+    ``output``: argmin ||conv(r) - output||^2, over r >= 0 if ``nonnegative`` (as after a ReLU).
+    A convolution is linear, so this is least squares, solved by accelerated projected gradient
+    descent (FISTA, step 1/L with L from a power iteration); no network is involved."""
+    w = conv.weight.detach()
+    bias = 0.0 if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1)
+    y = output.detach().to(w) - bias
+
+    def forward(r):
+        return conv._conv_forward(r, w, None)
+    _, vjp_fn = torch.func.vjp(forward, torch.zeros(input_shape, device=w.device, dtype=w.dtype))
+
+    def normal(r):                                        # A^T A r
+        return vjp_fn(forward(r))[0]
+    v = torch.randn(input_shape, generator=torch.Generator().manual_seed(0)).to(w)
+    with torch.no_grad():
+        for _ in range(30):
+            v = normal(v)
+            v = v / v.norm().clamp_min(1e-30)
+        step = 1.0 / float(normal(v).norm().clamp_min(1e-30))
+        aty = vjp_fn(y)[0]
+        r = torch.zeros(input_shape, device=w.device, dtype=w.dtype)
+        z, t = r.clone(), 1.0
+        for _ in range(steps):
+            r_next = z - step * (normal(z) - aty)
+            if nonnegative:
+                r_next = r_next.clamp_min(0)
+            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z = r_next + ((t - 1) / t_next) * (r_next - r)
+            r, t = r_next, t_next
+    return r
+
+
+def _conv_input_probe(model: nn.Module, layer: str, size: int) -> tuple[tuple, bool]:
+    """Shape of the input the convolution ``layer`` receives for one image of ``size``, and
+    whether that input is non-negative for random images (it follows a ReLU): a property of
+    the architecture, not of any image."""
+    seen = []
+    noise = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with hooks.preserved(model), torch.no_grad(), \
+            hooks.forward_hooks(model, [(layer, lambda m, i, o: seen.append(i[0]))]):
+        model.eval()
+        model(noise.to(_device(model)))
+    return (1, *seen[0].shape[1:]), bool(seen[0].min() >= 0)
+
+
 def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None = None, seed: int = 0,
-           tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, relax: float = 0.6,
+           tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, through_conv: bool = True,
            progress: bool = False) -> torch.Tensor:
     """Mahendran & Vedaldi 2015: an image [3,H,W] whose ``layer`` representation matches
     that of ``image``, minimising ||phi(x) - phi0||^2 / ||phi0||^2 + tv_weight * TV^beta(x).
 
     How: Adam (cosine-decaying learning rate) over a decorrelated Fourier image that starts
-    near grey. For the first ``relax`` fraction of the run the gradients are relaxed
-    (``hooks.relaxed_gradients``: ReLUs that are off and max-pool positions that are not the
-    maximum still pass some gradient, fading to exact gradients); without this the search
-    stalls behind ReLUs that are off in the current image. ``steps=None``: 600.
-    Invert pre-ReLU layers (conv or batch-norm outputs): they keep the sign information
-    that a ReLU output throws away."""
+    near grey, in two stages. Stage 1 (two thirds of ``steps``): if ``layer`` is a
+    convolution and ``through_conv``, undo it first by least squares (``conv_input``;
+    non-negative if its input follows a ReLU) and match that input instead: a convolution
+    can be badly conditioned, and its input is an equivalent target that gradient descent
+    reaches much faster. Stage 2 (the last third, learning rate lr/5): polish on the real
+    objective, phi = ``layer``'s output. ``steps=None``: 600. Invert pre-ReLU layers (conv
+    or batch-norm outputs): they keep the sign information that a ReLU output throws away."""
     x0 = _check_image(image).to(_device(model))
     target = features(model, layer, x0[None])
     if float(target.pow(2).sum()) == 0:
         raise ValueError(f"the {layer} representation of this image is all zero; nothing to invert")
-    if not 0 <= relax <= 1:
-        raise ValueError(f"relax is the fraction of steps with relaxed gradients, in [0, 1]; got {relax}")
-    return _single(optimize(model, feature_match(layer, target), param=fourier(sd=0.01),
-                            regularizers=(tv(tv_weight, beta),), steps=resolve_steps(steps, 600), lr=lr,
-                            lr_decay=True, relax=relax, size=x0.shape[-1], seed=seed, progress=progress))
+    steps, size = resolve_steps(steps, 600), x0.shape[-1]
+    image_param = fourier(sd=0.01)(1, size, size, x0.device, torch.Generator().manual_seed(seed))
+    first = feature_match(layer, target)
+    if through_conv and isinstance(hooks.get_layer(model, layer), nn.Conv2d):
+        shape, nonnegative = _conv_input_probe(model, layer, size)
+        first = feature_match(layer, conv_input(hooks.get_layer(model, layer), target, shape, nonnegative),
+                              of_input=True)
+    n1 = max(1, round(steps * 2 / 3))
+    common = dict(param=lambda *a: image_param, regularizers=(tv(tv_weight, beta),), lr_decay=True,
+                  size=size, progress=progress)
+    optimize(model, first, steps=n1, lr=lr, **common)
+    if steps > n1:
+        optimize(model, feature_match(layer, target), steps=steps - n1, lr=lr / 5, **common)
+    with torch.no_grad():
+        return _single(image_param().detach().clamp(0, 1))
 
 
 def feature_error(model: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tensor) -> float:
