@@ -5,8 +5,9 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
-from xailab import models
+from xailab import hooks, models
 from xailab.data import CLASSES, SHORTCUT_CLASS, shapes
 from xailab.train import accuracy
 
@@ -101,3 +102,54 @@ def test_smoke_training_writes_a_loadable_checkpoint_and_manifest(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "xailab.train", "shapesnet", "--smoke"],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "--out" in refused.stderr
+
+
+def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs(shapesnet):
+    x = shapes("test", 8, seed=2).images()
+    before = hooks.Snapshot.of(shapesnet)
+    with torch.no_grad():
+        fast = models.inference_copy(shapesnet)
+        assert fast is not shapesnet and models.inference_copy(shapesnet) is fast     # cached
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+        torch.testing.assert_close(fast(x), shapesnet(x), rtol=1e-5, atol=1e-5)
+        resnet = models.load_torchvision("resnet18")
+        torch.testing.assert_close(models.inference_copy(resnet)(x), resnet(x), rtol=1e-4, atol=1e-5)
+    assert before.diff(shapesnet) == []
+
+
+def test_inference_copy_falls_back_whenever_a_copy_could_differ(shapesnet, monkeypatch):
+    x = shapes("test", 2, seed=2).images()
+    assert models.inference_copy(shapesnet) is shapesnet                 # gradients enabled
+    with torch.no_grad():
+        wrapper = nn.Sequential(shapesnet).eval()
+        wrapper.classes = shapesnet.classes
+        assert models.inference_copy(wrapper) is not wrapper             # torch classes only: fine
+
+        class Custom(nn.Module):                                         # unknown forward
+            def __init__(self):
+                super().__init__()
+                self.inner = shapesnet
+
+            def forward(self, x):
+                return self.inner(x)
+        custom = Custom()
+        assert models.inference_copy(custom) is custom
+        with hooks.HookSet() as hs:                                      # a hook must see every pass
+            hs.forward(shapesnet.fc, lambda *a: None)
+            assert models.inference_copy(shapesnet) is shapesnet
+        shapesnet.train()
+        assert models.inference_copy(shapesnet) is shapesnet
+        shapesnet.eval()
+        monkeypatch.setattr(shapesnet.fc, "forward", lambda t: t)        # patched instance
+        assert models.inference_copy(shapesnet) is shapesnet
+        monkeypatch.undo()
+        # a weight changed in place: the copy is rebuilt and sees it
+        old = models.inference_copy(shapesnet)
+        saved = shapesnet.fc.bias.clone()
+        try:
+            shapesnet.fc.bias.add_(1.0)
+            new = models.inference_copy(shapesnet)
+            assert new is not old
+            torch.testing.assert_close(new(x), shapesnet(x), rtol=1e-5, atol=1e-5)
+        finally:
+            shapesnet.fc.bias.copy_(saved)

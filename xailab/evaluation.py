@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from . import hooks
+from .attribution.perturbation import fast_layout
+from .models import inference_copy
 
 Box = tuple[int, int, int, int]
 
@@ -212,11 +214,12 @@ def _perturbation_curves(model, x, heatmaps, target, step, start, batch_size):
     curves = torch.empty(n, len(counts), device=x.device)
     per = max(1, batch_size // len(counts))                         # images per chunk
     with _evaluating(model):
+        net = inference_copy(model)
         for i in range(0, n, per):
             xi, si, ri = x[i:i + per], start[i:i + per], rank[i:i + per]
             changed = ri[:, None] < counts.view(1, -1, 1, 1, 1)     # [b,S+1,1,H,W]
             imgs = torch.where(changed, si[:, None], xi[:, None]).flatten(0, 1)
-            probs = torch.cat([torch.softmax(model(c), 1) for c in imgs.split(batch_size)])
+            probs = torch.cat([torch.softmax(net(fast_layout(c)), 1) for c in imgs.split(batch_size)])
             ti = t[i:i + per].repeat_interleave(len(counts))
             curves[i:i + per] = probs.gather(1, ti[:, None]).view(-1, len(counts))
     return curves, counts.float() / pixels

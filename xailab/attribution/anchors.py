@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..models import inference_copy
 from . import register, resolve_target
 from .perturbation import (_hide_image, _positive_int, _segments_for, _superpixel_fill, black_box,
                            default_batch_size, fast_layout)
@@ -151,7 +152,7 @@ def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, 
         with torch.no_grad():
             for s in range(0, len(z), batch_size):
                 zz = z[s:s + batch_size].to(x.device, x.dtype)
-                hits[s:s + batch_size] = (model(fast_layout(fill(zz))).argmax(1) == label).cpu()
+                hits[s:s + batch_size] = (inference_copy(model)(fast_layout(fill(zz))).argmax(1) == label).cpu()
         passes[0] += len(z)
         for j, a in enumerate(anchor_list):
             st = stats.setdefault(a, [0, 0])

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..models import inference_copy
+from .perturbation import _positive_int, default_batch_size
 from . import check_input, register, resolve_target
 
 
@@ -218,15 +220,17 @@ def hirescam(model, x, target=None, layer=None, upsample=True, relu=True):
 
 # ---------------------------------------------------------------- Score-CAM (gradient-free)
 
-def scorecam_scores(model, x, a, t, batch_size=64, align_corners=False):
+def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     """Class score of each image masked by each of its normalised, upsampled channels:
     [N,C]. Masks are built batch by batch (never all N*C images at once); channels
     that are constant give an all-zero mask and share one forward pass."""
     n, c = a.shape[:2]
+    batch_size = default_batch_size(x) if batch_size is None else _positive_int(batch_size, "batch_size")
     lo, hi = a.amin((2, 3)), a.amax((2, 3))
     scores = torch.empty(n, c, device=x.device, dtype=x.dtype)
     flat = (hi > lo).reshape(-1)
     with torch.no_grad():
+        net = inference_copy(model)
         if not bool(flat.all()):
             zero = model(torch.zeros_like(x[:1]))[0]
             scores[~(hi > lo)] = zero[t[:, None].expand(n, c)[~(hi > lo)]]
@@ -239,7 +243,7 @@ def scorecam_scores(model, x, a, t, batch_size=64, align_corners=False):
             m = (m - mlo) / (mhi - mlo).clamp_min(1e-12)
             # channels-last batches run the convolutions about twice as fast on CPU
             # (same numbers up to float rounding)
-            out = model((x[i] * m).contiguous(memory_format=torch.channels_last))
+            out = net((x[i] * m).contiguous(memory_format=torch.channels_last))
             scores[i, k] = out.gather(1, t[i][:, None])[:, 0]
     return scores
 
@@ -248,11 +252,12 @@ def scorecam_scores(model, x, a, t, batch_size=64, align_corners=False):
 @register("scorecam", "cam", "gradient-free: each channel weighted by the class score of the image "
           "masked with that channel (softmax over channels)",
           "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu 2020, CVPR Workshops")
-def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_size=64,
+def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_size=None,
              align_corners=False):
     """L = ReLU(sum_k softmax_k(f^c(x * s(Up(A_k)))) A_k), s = min-max scaling to [0, 1].
 
-    ``batch_size`` masked images go through the model at once (there are C masked
+    ``batch_size`` masked images go through the model at once (default: 32 on the CPU,
+    256 on an accelerator; there are C masked
     images per input image; channels that are constant share one pass).
     ``align_corners`` says how the masks are upsampled: ``False`` as in the authors'
     code, ``True`` as in pytorch-grad-cam (the weights differ slightly)."""

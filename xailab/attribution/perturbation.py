@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..models import inference_copy
 from . import REDUCTIONS, check_input, reduce_channels, register, resolve_target
 
 __all__ = ["occlusion", "occlusion_windows", "rise", "rise_masks", "lime", "kernel_shap",
@@ -90,7 +91,7 @@ def default_batch_size(x: torch.Tensor) -> int:
 def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool = False) -> torch.Tensor:
     """The model's score for ``target[i]`` on image ``x[i]``: a logit, or with
     ``probs=True`` a softmax probability. Returns FloatTensor[N]."""
-    out = model(fast_layout(x))
+    out = inference_copy(model)(fast_layout(x))
     if out.dim() != 2:
         raise ValueError(f"the model returns shape {tuple(out.shape)}; perturbation methods need "
                          "class scores [N, classes]")
@@ -389,7 +390,7 @@ def _image_batch_fn(model, device, dtype, target: int, batch_size: int, probs: b
         with torch.no_grad():
             for s in range(0, len(images), batch_size):
                 t = torch.as_tensor(np.asarray(images[s:s + batch_size]), dtype=dtype, device=device)
-                y = model(fast_layout(t.permute(0, 3, 1, 2)))
+                y = inference_copy(model)(fast_layout(t.permute(0, 3, 1, 2)))
                 y = y.softmax(1) if probs else y
                 out.append((y if all_classes else y[:, target]).double().cpu().numpy())
         return np.concatenate(out)
