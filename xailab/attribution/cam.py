@@ -35,7 +35,6 @@ from torch import nn
 
 from .. import hooks
 from ..models import inference_copy
-from .perturbation import _positive_int, default_batch_size
 from . import check_input, register, resolve_target
 
 
@@ -224,6 +223,7 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     """Class score of each image masked by each of its normalised, upsampled channels:
     [N,C]. Masks are built batch by batch (never all N*C images at once); channels
     that are constant give an all-zero mask and share one forward pass."""
+    from .perturbation import _positive_int, default_batch_size   # (imported late: keeps the registry order)
     n, c = a.shape[:2]
     batch_size = default_batch_size(x) if batch_size is None else _positive_int(batch_size, "batch_size")
     lo, hi = a.amin((2, 3)), a.amax((2, 3))
