@@ -99,6 +99,17 @@ def test_conv_input_is_the_least_squares_solution(nonnegative):
     assert (residual(want) > 1e-3) == nonnegative      # only the constrained problem has no exact fit
 
 
+def test_conv_input_rejects_mismatched_shapes():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    out = torch.zeros(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        optvis.conv_input(conv, out, (1, 5, 8, 8))
+    with pytest.raises(ValueError, match="output has shape"):
+        optvis.conv_input(conv, out, (1, 3, 6, 6))
+    with pytest.raises(TypeError, match="Conv2d"):
+        optvis.conv_input(nn.Linear(3, 4), out, (1, 3, 8, 8))
+
+
 def test_learned_decoder_beats_the_mean_image_on_held_out_images(shapesnet):
     train = shapes("train", 600, seed=5).images()
     held = shapes("test", 100, seed=6).images()

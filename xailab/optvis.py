@@ -506,13 +506,23 @@ def conv_input(conv: nn.Conv2d, output: torch.Tensor, input_shape, nonnegative: 
     ``output``: argmin ||conv(r) - output||^2, over r >= 0 if ``nonnegative`` (as after a ReLU).
     A convolution is linear, so this is least squares, solved by accelerated projected gradient
     descent (FISTA, step 1/L with L from a power iteration); no network is involved."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4 or input_shape[1] != conv.in_channels:
+        raise ValueError(f"input_shape must be (N, {conv.in_channels}, H, W) for this convolution, "
+                         f"got {input_shape}")
     w = conv.weight.detach()
     bias = 0.0 if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1)
     y = output.detach().to(w) - bias
 
     def forward(r):
         return conv._conv_forward(r, w, None)
-    _, vjp_fn = torch.func.vjp(forward, torch.zeros(input_shape, device=w.device, dtype=w.dtype))
+    zero = torch.zeros(input_shape, device=w.device, dtype=w.dtype)
+    if forward(zero).shape != y.shape:
+        raise ValueError(f"an input of shape {input_shape} gives an output of shape "
+                         f"{tuple(forward(zero).shape)}, but output has shape {tuple(y.shape)}")
+    _, vjp_fn = torch.func.vjp(forward, zero)
 
     def normal(r):                                        # A^T A r
         return vjp_fn(forward(r))[0]
