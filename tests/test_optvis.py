@@ -246,6 +246,18 @@ def test_model_comes_back_unchanged_even_on_error(shapesnet):
         shapesnet.fc.weight.requires_grad_(True)
 
 
+def test_inversion_through_a_conv_leaves_a_torchvision_model_unchanged():
+    from xailab import models
+    resnet = models.load_torchvision("resnet18")             # in-place ReLUs, weights=None
+    resnet.train()
+    resnet.net.fc.weight.requires_grad_(False)
+    before = hooks.Snapshot.of(resnet)
+    x = shapes("test", 1, seed=0).images()[0]
+    r = optvis.invert(resnet, "net.layer1.0.conv2", x, steps=6)
+    assert r.shape == x.shape and 0 <= float(r.min()) and float(r.max()) <= 1
+    assert before.diff(resnet) == []
+
+
 def test_bad_input_says_what_to_do(shapesnet):
     with pytest.raises(ValueError, match="class_index"):
         optvis.class_image(shapesnet, 6, steps=1)
