@@ -257,8 +257,8 @@ def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_
     """L = ReLU(sum_k softmax_k(f^c(x * s(Up(A_k)))) A_k), s = min-max scaling to [0, 1].
 
     ``batch_size`` masked images go through the model at once (default: 32 on the CPU,
-    256 on an accelerator; there are C masked
-    images per input image; channels that are constant share one pass).
+    256 on an accelerator). There are C masked images per input image; channels that are
+    constant share one pass.
     ``align_corners`` says how the masks are upsampled: ``False`` as in the authors'
     code, ``True`` as in pytorch-grad-cam (the weights differ slightly)."""
     p = layer_pass(model, x, target, layer, gradients=False)
