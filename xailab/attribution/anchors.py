@@ -150,9 +150,10 @@ def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, 
                 z[j * n_each:(j + 1) * n_each, list(a)] = True
         hits = torch.empty(len(z), dtype=torch.bool)
         with torch.no_grad():
+            net = inference_copy(model)
             for s in range(0, len(z), batch_size):
                 zz = z[s:s + batch_size].to(x.device, x.dtype)
-                hits[s:s + batch_size] = (inference_copy(model)(fast_layout(fill(zz))).argmax(1) == label).cpu()
+                hits[s:s + batch_size] = (net(fast_layout(fill(zz))).argmax(1) == label).cpu()
         passes[0] += len(z)
         for j, a in enumerate(anchor_list):
             st = stats.setdefault(a, [0, 0])

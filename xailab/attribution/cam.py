@@ -232,7 +232,7 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     with torch.no_grad():
         net = inference_copy(model)
         if not bool(flat.all()):
-            zero = model(torch.zeros_like(x[:1]))[0]
+            zero = net(torch.zeros_like(x[:1]))[0]
             scores[~(hi > lo)] = zero[t[:, None].expand(n, c)[~(hi > lo)]]
         pairs = torch.nonzero(flat).squeeze(1)
         for s in range(0, len(pairs), batch_size):

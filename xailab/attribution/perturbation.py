@@ -91,7 +91,12 @@ def default_batch_size(x: torch.Tensor) -> int:
 def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool = False) -> torch.Tensor:
     """The model's score for ``target[i]`` on image ``x[i]``: a logit, or with
     ``probs=True`` a softmax probability. Returns FloatTensor[N]."""
-    out = inference_copy(model)(fast_layout(x))
+    return _scores(inference_copy(model), x, target, probs)
+
+
+def _scores(net: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool) -> torch.Tensor:
+    """``target_scores`` with ``net`` already resolved (loops resolve it once, not per batch)."""
+    out = net(fast_layout(x))
     if out.dim() != 2:
         raise ValueError(f"the model returns shape {tuple(out.shape)}; perturbation methods need "
                          "class scores [N, classes]")
@@ -124,6 +129,21 @@ def _per_image(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if b.dim() == 4 and b.shape[0] > 1:
         return b[idx]
     return b
+
+
+def _pair_scores(model, x, target, n_variants: int, make, batch_size: int, probs: bool) -> torch.Tensor:
+    """Target score of every (image i, perturbation k) pair, FloatTensor[N, n_variants], with
+    ``batch_size`` pairs per forward pass; ``make(img, k)`` builds the perturbed images for
+    index tensors ``img`` and ``k``. Call under ``torch.no_grad()``."""
+    net = inference_copy(model)
+    scores = torch.empty(len(x), n_variants, device=x.device, dtype=x.dtype)
+    flat = scores.view(-1)
+    total = len(x) * n_variants
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=x.device)
+        img, k = idx // n_variants, idx % n_variants
+        flat[start:start + len(idx)] = _scores(net, make(img, k), target[img], probs)
+    return scores
 
 
 # ----------------------------------------------------------------------------- occlusion
@@ -170,14 +190,9 @@ def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs
     b = _baseline(baseline, x)
     with torch.no_grad():
         base = target_scores(model, x, target, probs)                     # [N]
-        drops = torch.empty(n, p, device=x.device, dtype=base.dtype)
-        flat = drops.view(-1)
-        total = n * p
-        for start in range(0, total, batch_size):
-            idx = torch.arange(start, min(start + batch_size, total), device=x.device)
-            img, pos = idx // p, idx % p
-            occluded = torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img])
-            flat[start:start + len(idx)] = base[img] - target_scores(model, occluded, target[img], probs)
+        drops = base[:, None] - _pair_scores(
+            model, x, target, p, batch_size=batch_size, probs=probs,
+            make=lambda img, pos: torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img]))
         attr = drops @ masks.view(p, -1).to(drops.dtype)                  # [N, H*W]
         attr = attr / counts.view(1, -1).to(drops.dtype)
     return attr.view(n, h, w)
@@ -294,16 +309,11 @@ def rise(model: nn.Module, x: torch.Tensor, target=None, n_masks: int = 1000, ce
     n, _, h, w = x.shape
     masks = rise_masks(n_masks, (h, w), cell, p, seed, device=x.device).to(x.dtype)
     b = _baseline(baseline, x)
+    def seen(img, k):
+        m = masks[k].unsqueeze(1)
+        return x[img] * m + _per_image(b, img) * (1 - m)
     with torch.no_grad():
-        scores = torch.empty(n, n_masks, device=x.device, dtype=x.dtype)
-        flat = scores.view(-1)
-        total = n * n_masks
-        for start in range(0, total, batch_size):
-            idx = torch.arange(start, min(start + batch_size, total), device=x.device)
-            img, k = idx // n_masks, idx % n_masks
-            m = masks[k].unsqueeze(1)
-            seen = x[img] * m + _per_image(b, img) * (1 - m)
-            flat[start:start + len(idx)] = target_scores(model, seen, target[img], probs)
+        scores = _pair_scores(model, x, target, n_masks, seen, batch_size, probs)
         sal = scores @ masks.view(n_masks, -1) / (n_masks * float(p))
     return sal.view(n, h, w)
 
@@ -388,9 +398,10 @@ def _image_batch_fn(model, device, dtype, target: int, batch_size: int, probs: b
     def fn(images):
         out = []
         with torch.no_grad():
+            net = inference_copy(model)
             for s in range(0, len(images), batch_size):
                 t = torch.as_tensor(np.asarray(images[s:s + batch_size]), dtype=dtype, device=device)
-                y = inference_copy(model)(fast_layout(t.permute(0, 3, 1, 2)))
+                y = net(fast_layout(t.permute(0, 3, 1, 2)))
                 y = y.softmax(1) if probs else y
                 out.append((y if all_classes else y[:, target]).double().cpu().numpy())
         return np.concatenate(out)
@@ -504,9 +515,10 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target=None, n_samples: int =
         def value(z: np.ndarray) -> np.ndarray:
             out = []
             with torch.no_grad():
+                net = inference_copy(model)
                 for s in range(0, len(z), batch_size):
                     zz = torch.as_tensor(z[s:s + batch_size], device=x.device, dtype=x.dtype)
-                    out.append(target_scores(model, fill(zz), t.expand(len(zz)), probs).double().cpu().numpy())
+                    out.append(_scores(net, fill(zz), t.expand(len(zz)), probs).double().cpu().numpy())
             return np.concatenate(out)
 
         with _numpy_seed(seed):
