@@ -578,11 +578,10 @@ def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None 
         raise ValueError(f"the {layer} representation of this image is all zero; nothing to invert")
     steps, size = resolve_steps(steps, 600), x0.shape[-1]
     image_param = fourier(sd=0.01)(1, size, size, x0.device, torch.Generator().manual_seed(seed))
-    first = feature_match(layer, target)
-    if through_conv and isinstance(hooks.get_layer(model, layer), nn.Conv2d):
+    first, module = feature_match(layer, target), hooks.get_layer(model, layer)
+    if through_conv and isinstance(module, nn.Conv2d):
         shape, nonnegative = _conv_input_probe(model, layer, size)
-        first = feature_match(layer, conv_input(hooks.get_layer(model, layer), target, shape, nonnegative),
-                              of_input=True)
+        first = feature_match(layer, conv_input(module, target, shape, nonnegative), of_input=True)
     n1 = max(1, round(steps * 2 / 3))
     common = dict(param=lambda *a: image_param, regularizers=(tv(tv_weight, beta),), lr_decay=True,
                   size=size, progress=progress)
