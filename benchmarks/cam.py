@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("TQDM_DISABLE", "1")      # pytorch-grad-cam's Score-CAM shows a bar per image
 
 import argparse
-import time
 import warnings
 
 import torch
@@ -25,6 +24,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 import xailab
 from xailab import hooks, models
 from xailab.data import shapes
+from timing import timed
 
 os.environ.setdefault("TQDM_DISABLE", "1")      # pytorch-grad-cam's Score-CAM shows a bar per image
 
@@ -59,12 +59,6 @@ def cases(model, x, t):
         "guided_gradcam": {"ours": ours("guided_gradcam", reduce=None), "Captum": captum_guided},
         "cam": {"ours": ours("cam")},
     }
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main():

@@ -10,12 +10,12 @@ Respects $XAILAB_MAX_STEPS like the library (unset it to measure the real notebo
 import argparse
 import os
 import statistics
-import time
 
 import torch
 
 from xailab import hooks, models, optvis
 from xailab.data import shapes
+from timing import timed
 
 
 def bare_loop(model, layer, channel, steps):
@@ -38,12 +38,6 @@ def bare_loop(model, layer, channel, steps):
 
 def ours(model, layer, channel, steps, **kw):
     optvis.optimize(model, optvis.channel(layer, channel), steps=steps, progress=False, **kw)
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def steps_per_second(args):

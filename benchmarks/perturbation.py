@@ -11,8 +11,6 @@ measured in the same run (median of interleaved repeats).
 """
 import argparse
 import math
-import statistics
-import time
 
 import torch
 from captum.attr import Occlusion
@@ -22,6 +20,7 @@ import xailab
 from xailab import models
 from xailab.attribution.perturbation import default_batch_size, rise_masks
 from xailab.data import shapes
+from timing import median_times
 
 
 class Counting(nn.Module):
@@ -32,16 +31,6 @@ class Counting(nn.Module):
     def forward(self, x):
         self.calls += 1
         return self.model(x)
-
-
-def median_times(fns: dict, repeats: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():          # interleaved: drifting machine load hits all alike
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def occlusion_case(name, model, x, t, window, stride, batch, repeats):

@@ -5,7 +5,6 @@ measured in the same run (median of interleaved repeats). Goal: every ratio <= 1
 """
 import argparse
 import statistics
-import time
 
 import torch
 from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients,
@@ -14,6 +13,7 @@ from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, Integrat
 import xailab
 from xailab import hooks, models
 from xailab.data import shapes
+from timing import timed
 
 
 def cases(model, x, t, steps, samples, batch):
@@ -42,12 +42,6 @@ def cases(model, x, t, steps, samples, batch):
         "guided_backprop": (ours("guided_backprop"), captum_relu(GuidedBackprop)),
         "deconvnet": (ours("deconvnet"), captum_relu(Deconvolution)),
     }
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main():

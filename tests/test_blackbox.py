@@ -10,7 +10,7 @@ from torch import nn
 import xailab
 from xailab import data, hooks, models
 from xailab.attribution import perturbation as P
-from xailab.attribution.anchors import anchor_explanation
+from xailab.attribution.anchors import anchor_explanation, kl_lower_bound, kl_upper_bound
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,21 @@ def test_kernel_shap_efficiency_seeded_and_on_object(net, imgs, small_objects):
 
 
 # ----------------------------------------------------------------------------- anchors
+@pytest.mark.parametrize("p_hat,n", [(0.0, 10), (0.3, 10), (0.9, 50), (1.0, 200)])
+def test_kl_bounds_sit_on_the_edge_of_the_kl_ball(p_hat, n):
+    def kl(p, q):                                   # Bernoulli KL, with 0 log 0 = 0
+        term = lambda a, b: 0.0 if a == 0 else a * math.log(a / b)
+        return term(p, q) + term(1 - p, 1 - q)
+    level = math.log(1 / 0.1) / n
+    lo, hi = kl_lower_bound(p_hat, n, 0.1), kl_upper_bound(p_hat, n, 0.1)
+    assert 0 <= lo <= p_hat <= hi <= 1
+    for q, free_end in ((lo, 0.0), (hi, 1.0)):
+        assert n * kl(p_hat, q) <= math.log(1 / 0.1) * (1 + 1e-6)
+        if q != free_end and q != p_hat:            # an inner edge: the ball ends right there
+            assert kl(p_hat, q) == pytest.approx(level, rel=1e-6)
+    assert (kl_lower_bound(p_hat, 0), kl_upper_bound(p_hat, 0)) == (0.0, 1.0)
+
+
 def test_anchor_finds_the_watermark_with_precision(shortcut_net):
     ds = data.shapes("test", 16, shortcut=True)
     i = next(j for j in range(16) if ds.watermarked[j] and ds.labels[j] != 5)

@@ -64,34 +64,29 @@ def _kl_bernoulli(p: float, q: float) -> float:
     return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
 
 
+def _kl_bound(p_hat: float, n: int, delta: float, upper: bool) -> float:
+    """Bisection between p_hat (inside the KL ball) and 0 or 1 (maybe outside) for the ball's edge."""
+    if n == 0:
+        return 1.0 if upper else 0.0
+    level = math.log(1.0 / delta) / n
+    inside, outside = p_hat, (1.0 if upper else 0.0)
+    for _ in range(40):
+        mid = (inside + outside) / 2
+        if _kl_bernoulli(p_hat, mid) > level:
+            outside = mid
+        else:
+            inside = mid
+    return inside
+
+
 def kl_lower_bound(p_hat: float, n: int, delta: float = 0.1) -> float:
     """Smallest q <= p_hat with n * KL(p_hat || q) <= log(1 / delta) (the KL-LUCB bound)."""
-    if n == 0:
-        return 0.0
-    level = math.log(1.0 / delta) / n
-    lo, hi = 0.0, p_hat
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if _kl_bernoulli(p_hat, mid) > level:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _kl_bound(p_hat, n, delta, upper=False)
 
 
 def kl_upper_bound(p_hat: float, n: int, delta: float = 0.1) -> float:
     """Largest q >= p_hat with n * KL(p_hat || q) <= log(1 / delta)."""
-    if n == 0:
-        return 1.0
-    level = math.log(1.0 / delta) / n
-    lo, hi = p_hat, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if _kl_bernoulli(p_hat, mid) > level:
-            hi = mid
-        else:
-            lo = mid
-    return lo
+    return _kl_bound(p_hat, n, delta, upper=True)
 
 
 def anchor_explanation(model: nn.Module, x: torch.Tensor, target=None, threshold: float = 0.95,
