@@ -121,6 +121,10 @@ def test_learned_decoder_beats_the_mean_image_on_held_out_images(shapesnet):
     mse = float((rec - held).pow(2).mean())
     mean_mse = float((train.mean(0, keepdim=True) - held).pow(2).mean())
     assert mse < 0.8 * mean_mse, (mse, mean_mse)
+    # what is lost at depth (lecture 07): a block3 decoder does worse, yet beats the mean image
+    deep = optvis.train_decoder(shapesnet, "features.block3", train, epochs=2, width=32, progress=False)
+    deep_mse = float((optvis.decode(shapesnet, "features.block3", deep, held) - held).pow(2).mean())
+    assert mse < 0.7 * deep_mse and deep_mse < mean_mse, (mse, deep_mse, mean_mse)
 
 
 def test_step_cap_from_the_environment(monkeypatch, shapesnet):
