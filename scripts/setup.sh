@@ -16,6 +16,12 @@ fi
 spec="."; [ "$extra" = "dev" ] && spec=".[dev]"
 stamp=".venv/.xailab-installed-$extra-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
+  # the pinned torch wheel is the CUDA build (it runs on the CPU too): about 7 GB in .venv
+  free_kb=$(df -Pk . 2>/dev/null | awk 'NR == 2 {print $4}' || true)
+  if [ "${free_kb:-0}" -lt 8000000 ]; then
+    echo "setup: only $((free_kb / 1000000)) GB free here; installing needs about 8 GB (torch alone is ~5.5 GB)." \
+         "If pip stops with 'No space left on device', free some space and rerun." >&2
+  fi
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e "$spec"
   touch "$stamp"
