@@ -26,8 +26,6 @@ from xailab import hooks, models
 from xailab.data import shapes
 from timing import timed
 
-os.environ.setdefault("TQDM_DISABLE", "1")      # pytorch-grad-cam's Score-CAM shows a bar per image
-
 
 def cases(model, x, t):
     """method -> {library: zero-argument callable}, all computing the same maps."""
