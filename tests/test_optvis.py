@@ -273,6 +273,32 @@ def test_bad_input_says_what_to_do(shapesnet):
         optvis.optimize(shapesnet, lambda c: c, steps=1)
 
 
+def test_out_of_range_units_and_images_say_what_to_do(shapesnet):
+    x = shapes("test", 2, seed=1).images()
+    before = hooks.Snapshot.of(shapesnet)
+    with pytest.raises(ValueError, match=r"features.block3 \(64 channels\) is 64, out of range: use 0..63"):
+        optvis.channel_image(shapesnet, "features.block3", 64, steps=1)
+    with pytest.raises(ValueError, match=r"x \(features.block3 is 16x16\) is 16, out of range: use 0..15"):
+        optvis.optimize(shapesnet, optvis.neuron("features.block3", 0, 3, 16), steps=1, progress=False)
+    with pytest.raises(TypeError, match="whole number"):
+        optvis.channel_image(shapesnet, "features.block3", 1.5, steps=1)
+    with pytest.raises(ValueError, match="out of range"):
+        optvis.top_k(shapesnet, "features.block2", 32, x)
+    with pytest.raises(ValueError, match="out of range"):
+        optvis.top_patches(shapesnet, "features.block2", -1, x)
+    with pytest.raises(ValueError, match="out of range"):
+        optvis.deconv_projection(shapesnet, "features.block2", 99, x[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\].*normalisation"):
+        optvis.invert(shapesnet, "features.block1.conv2", (x[0] - 0.5) / 0.25, steps=1)
+    with pytest.raises(TypeError, match="float"):
+        optvis.dream(shapesnet, "features.block1", (x[0] * 255).byte(), steps=1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        optvis.channel_activations(shapesnet, "features.block1", 0, x * 255)
+    assert before.diff(shapesnet) == []
+    assert float(optvis.channel_activations(shapesnet, "features.block3", 63, x)[0]) == pytest.approx(
+        float(optvis.features(shapesnet, "features.block3", x)[0, 63].mean()))
+
+
 def test_lab_checks_accept_the_reference_and_explain_mistakes(capsys):
     from xailab.checks import lab03, lab07
 

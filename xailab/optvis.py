@@ -33,6 +33,7 @@ model as found (``hooks.preserved``: mode, ``requires_grad`` flags, no hooks).
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass
 
@@ -118,18 +119,36 @@ def _act(ctx, layer):
     return a if a.dim() == 4 else a.view(*a.shape, 1, 1)
 
 
+def _in_range(value, size: int, what: str) -> int:
+    """``value`` as an int in 0..size-1, or a ValueError that names ``what`` and the range."""
+    try:
+        i = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a whole number, got {value!r}") from None
+    if not 0 <= i < size:
+        raise ValueError(f"{what} is {i}, out of range: use 0..{size - 1}")
+    return i
+
+
+def _channel(a: torch.Tensor, layer: str, index) -> torch.Tensor:
+    """Channel ``index`` of an activation [N,C,...], with a clear error for a bad index."""
+    return a[:, _in_range(index, a.shape[1], f"the channel of {layer} ({a.shape[1]} channels)")]
+
+
 def channel(layer: str, index: int) -> Objective:
     """Mean activation of channel ``index`` of ``layer`` over all positions."""
-    return Objective(lambda c: _act(c, layer)[:, index].mean((1, 2)), [layer], f"channel({layer}:{index})")
+    return Objective(lambda c: _channel(_act(c, layer), layer, index).mean((1, 2)), [layer],
+                     f"channel({layer}:{index})")
 
 
 def neuron(layer: str, index: int, y: int | None = None, x: int | None = None) -> Objective:
     """Activation of channel ``index`` at one position (default: the centre)."""
     def fn(c):
-        a = _act(c, layer)
-        yy = a.shape[2] // 2 if y is None else y
-        xx = a.shape[3] // 2 if x is None else x
-        return a[:, index, yy, xx]
+        a = _channel(_act(c, layer), layer, index)
+        h, w = a.shape[-2:]
+        yy = h // 2 if y is None else _in_range(y, h, f"y ({layer} is {h}x{w})")
+        xx = w // 2 if x is None else _in_range(x, w, f"x ({layer} is {h}x{w})")
+        return a[:, yy, xx]
     return Objective(fn, [layer], f"neuron({layer}:{index})")
 
 
@@ -489,11 +508,22 @@ def _check_image(image):
         image = image[0]
     if image.shape[-1] != image.shape[-2]:
         raise ValueError(f"image must be square, got {tuple(image.shape[-2:])}")
+    _check_range(image)
     return image.detach().float()
 
 
+def _check_range(x: torch.Tensor):
+    if not x.is_floating_point():
+        raise TypeError(f"images must be float tensors in [0, 1], got {x.dtype}; use x.float() / 255")
+    lo, hi = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (0.0, 0.0)
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"images must hold values in [0, 1] (models normalise inside), got "
+                         f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
+
+
 def features(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The activation of ``layer`` for a batch x [N,3,H,W] (no gradient)."""
+    """The activation of ``layer`` for a batch x [N,3,H,W] in [0, 1] (no gradient)."""
+    _check_range(x)
     with hooks.preserved(model), hooks.record(model, layer) as rec, torch.no_grad():
         model.eval()
         model(x.to(_device(model)))
@@ -609,7 +639,7 @@ def channel_activations(model: nn.Module, layer: str, channel_index: int, data, 
     out = []
     for i in range(0, n, batch_size):
         b = xs[i:i + batch_size] if xs is not None else data.images(slice(i, min(n, i + batch_size)))
-        a = features(model, layer, b)[:, channel_index]
+        a = _channel(features(model, layer, b), layer, channel_index)
         out.append(a.flatten(1).mean(1) if reduce == "mean" else a.flatten(1).max(1).values)
     return torch.cat(out).cpu()
 
@@ -655,7 +685,7 @@ def top_patches(model: nn.Module, layer: str, channel_index: int, data, k: int =
     best = []
     for i in range(0, n, batch_size):
         b = xs[i:i + batch_size] if xs is not None else data.images(slice(i, min(n, i + batch_size)))
-        a = features(model, layer, b)[:, channel_index].cpu()
+        a = _channel(features(model, layer, b), layer, channel_index).cpu()
         v, pos = a.flatten(1).max(1)
         for t in range(len(b)):
             best.append((float(v[t]), i + t, int(pos[t]) // a.shape[-1], int(pos[t]) % a.shape[-1]))
@@ -693,7 +723,7 @@ def deconv_projection(model: nn.Module, layer: str, channel_index: int, image: t
         with hooks.modified_relu_backward(model, "deconvnet"), \
                 hooks.record(model, layer, detach=False) as rec, torch.enable_grad():
             model(x)
-            a = rec.activations[layer][0, channel_index]
+            a = _channel(rec.activations[layer], layer, channel_index)[0]
             if keep == "max":
                 sel = torch.zeros_like(a).view(-1)
                 sel[a.detach().view(-1).argmax()] = 1
