@@ -294,6 +294,17 @@ def test_out_of_range_units_and_images_say_what_to_do(shapesnet):
         optvis.dream(shapesnet, "features.block1", (x[0] * 255).byte(), steps=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         optvis.channel_activations(shapesnet, "features.block1", 0, x * 255)
+    with pytest.raises(ValueError, match=r"class index \(6 classes\) is 6, out of range"):
+        optvis.optimize(shapesnet, optvis.class_logit(6), steps=1, progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        optvis.optimize(shapesnet, optvis.class_logit([0, 9]), steps=1, progress=False, n=2)
+    with pytest.raises(ValueError, match=r"optvis.features\(model, 'features.block1'"):
+        optvis.optimize(shapesnet, optvis.feature_match("features.block1", torch.rand(1, 5, 8, 8)),
+                        steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"\[N,3,H,W\].*x\[None\]"):
+        optvis.train_decoder(shapesnet, "features.block1", x[0], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="train one for this layer"):
+        optvis.decode(shapesnet, "features.block1", optvis.Decoder(64, 16), x)
     assert before.diff(shapesnet) == []
     assert float(optvis.channel_activations(shapesnet, "features.block3", 63, x)[0]) == pytest.approx(
         float(optvis.features(shapesnet, "features.block3", x)[0, 63].mean()))

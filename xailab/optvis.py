@@ -168,10 +168,13 @@ def class_logit(index, l2: float = 0.0) -> Objective:
     with the raw (pre-softmax) class score S_c and the image centred on grey.
     ``index``: one class for every image, or a sequence with one class per image."""
     def fn(c):
+        n = c.logits.shape[1]
         if isinstance(index, (int, np.integer)):
-            s = c.logits[:, index]
+            s = c.logits[:, _in_range(index, n, f"the class index ({n} classes)")]
         else:
             idx = torch.as_tensor(index, device=c.logits.device).view(-1, 1)
+            for i in idx.view(-1).tolist():
+                _in_range(i, n, f"a class index ({n} classes)")
             s = c.logits.gather(1, idx)[:, 0]
         if l2:
             s = s - l2 * (c.image - 0.5).pow(2).flatten(1).mean(1)
@@ -190,6 +193,10 @@ def feature_match(name: str, target: torch.Tensor, of_input: bool = False) -> Ob
 
     def fn(c):
         a = c.acts[key]
+        if target.dim() != a.dim() or target.shape[1:] != a.shape[1:] or target.shape[0] not in (1, len(a)):
+            raise ValueError(f"feature_match target has shape {tuple(target.shape)} but {key} gives "
+                             f"{tuple(a.shape)}; compute the target with optvis.features(model, "
+                             f"{name!r}, image) at the same image size")
         t = target.to(a.device, a.dtype).expand_as(a)
         return -(a - t).pow(2).flatten(1).sum(1) / t.pow(2).flatten(1).sum(1).clamp_min(1e-12)
     return Objective(fn, [key], f"feature_match({key})")
@@ -523,6 +530,11 @@ def _check_range(x: torch.Tensor):
 
 def features(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The activation of ``layer`` for a batch x [N,3,H,W] in [0, 1] (no gradient)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must be a batch FloatTensor[N,3,H,W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+                         + ("; add a batch dimension with x[None]" if isinstance(x, torch.Tensor)
+                            and x.dim() == 3 else ""))
     _check_range(x)
     with hooks.preserved(model), hooks.record(model, layer) as rec, torch.no_grad():
         model.eval()
@@ -787,5 +799,10 @@ def train_decoder(model: nn.Module, layer: str, images: torch.Tensor, epochs: in
 
 def decode(model: nn.Module, layer: str, decoder: Decoder, images: torch.Tensor) -> torch.Tensor:
     """Reconstructions [N,3,H,W] of ``images`` from their ``layer`` features."""
+    f = features(model, layer, images)
+    wants = decoder.net[0].in_channels
+    if f.shape[1] != wants:
+        raise ValueError(f"this decoder takes {wants}-channel features, but {layer} gives {f.shape[1]}; "
+                         f"train one for this layer with optvis.train_decoder(model, {layer!r}, images)")
     with torch.no_grad():
-        return decoder(features(model, layer, images))
+        return decoder(f)
