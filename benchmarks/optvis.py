@@ -71,19 +71,25 @@ def notebook_work():
             optvis.optimize(model, optvis.channel("features.block3", 12), steps=32, progress=False, param=p,
                             transforms=t) for p, t in [(optvis.pixels(sd=0.1), ())] * 6
             + [(optvis.fourier(), ()), (optvis.fourier(), list(optvis.STANDARD_TRANSFORMS))]],
+        "03 recipe (10 x 256 steps, Fourier + all)": lambda: [
+            optvis.optimize(model, obj, param=optvis.fourier(), lr=0.05, steps=256, progress=False,
+                            transforms=list(optvis.STANDARD_TRANSFORMS))
+            for obj in [optvis.class_logit(c) for c in range(6)]
+            + [optvis.channel(l, c) for l, c in [("features.block1", 0), ("features.block2", 0),
+                                                  ("features.block3", 2), ("features.block3", 12)]]],
         "03 DeepDream (3 x 24 steps)": lambda: [optvis.dream(model, l, sample.images([0])[0], steps=24)
                                                 for l in ["features.block1", "features.block2",
                                                           "features.block3"]],
         "07 inversions (4 x 600 steps)": lambda: [optvis.invert(model, l, x0) for l in
                                                   ["features.block1.conv2", "features.block2.conv2",
                                                    "features.block3.conv1", "features.block3.conv2"]],
-        "07 decoder (1,500 images, 2 epochs)": lambda: optvis.train_decoder(
-            model, "features.block2", shapes("train", 1500, seed=5).images(), epochs=2, width=32,
-            progress=False),
+        "07 decoders (3 blocks, 1,500 images, 2 epochs)": lambda: [optvis.train_decoder(
+            model, l, shapes("train", 1500, seed=5).images(), epochs=2, width=32, progress=False)
+            for l in ["features.block1", "features.block2", "features.block3"]],
     }
     print("\nnotebook optimisation work (wall time, seconds)")
     for name, fn in work.items():
-        print(f"{name:40s} {timed(fn):6.1f}")
+        print(f"{name:46s} {timed(fn):6.1f}")
 
 
 def main(argv=None):
