@@ -16,7 +16,10 @@ representation, for inversion). They combine with ``+``, ``-`` and scalar ``*``.
 Shortcuts with tested defaults: ``class_image``, ``channel_image``, ``invert``,
 ``dream``. Also: dataset examples (``top_k``, ``top_patches``,
 ``receptive_field``), the DeconvNet projection of a unit (``deconv_projection``)
-and a small learned inverse (``Decoder``, ``train_decoder``).
+and a small learned inverse (``Decoder``, ``train_decoder``, ``decode``). Inversion
+helpers: ``features`` (a layer's activation), ``feature_error`` (relative distance of
+two images' features) and ``conv_input`` (the least-squares input of a convolution,
+which ``invert`` matches first when the layer is a convolution).
 
 Step cap for CI: when the environment variable ``XAILAB_MAX_STEPS`` is set (e.g.
 ``XAILAB_MAX_STEPS=16``), every optimisation here runs at most that many steps,
