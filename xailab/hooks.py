@@ -253,6 +253,17 @@ def preserved(model: nn.Module):
 
 
 @contextlib.contextmanager
+def frozen(model: nn.Module):
+    """``preserved``, with the model in eval mode and every parameter's ``requires_grad``
+    off for the body: gradients flow to the input only."""
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
+
+
+@contextlib.contextmanager
 def out_of_place_relus(model: nn.Module):
     """Make every in-place ReLU out-of-place for the ``with`` body, then restore."""
     changed = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
@@ -314,4 +325,3 @@ def modified_relu_backward(model: nn.Module, rule: str):
         for m in relus:
             hs.full_backward(m, hook)
         yield hs
-

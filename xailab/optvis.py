@@ -387,11 +387,8 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
     opt = torch.optim.Adam(param.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if lr_decay else None
     bar = _progress(steps, progress, objective.name)
-    with hooks.preserved(model), \
+    with hooks.frozen(model), \
             hooks.forward_hooks(model, [(k.removesuffix(INPUT), keep(k)) for k in objective.layers]):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
         with torch.enable_grad():
             for i in range(steps):
                 opt.zero_grad()
@@ -429,10 +426,7 @@ def ascent_step(model: nn.Module, image: torch.Tensor, score_fn, lr: float = 0.0
     image by ``shift``, take the gradient g of ``score_fn(model, rolled).sum()`` with
     respect to the image, step ``image + lr * g / mean|g|``, clamp to [0, 1], then blur
     with ``blur_sigma`` (0: no blur). ``image`` [N,3,H,W] is not modified."""
-    with hooks.preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with hooks.frozen(model):
         x = image.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             score = score_fn(model, torch.roll(x, tuple(int(s) for s in shift), (2, 3))).sum()
@@ -730,10 +724,7 @@ def deconv_projection(model: nn.Module, layer: str, channel_index: int, image: t
     x0 = _check_image(image).to(_device(model))
     if keep not in ("max", "all"):
         raise ValueError("keep must be 'max' or 'all'")
-    with hooks.preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with hooks.frozen(model):
         x = x0[None].clone().requires_grad_(True)
         with hooks.modified_relu_backward(model, "deconvnet"), \
                 hooks.record(model, layer, detach=False) as rec, torch.enable_grad():

@@ -45,10 +45,7 @@ def _prepared(model: nn.Module, x: torch.Tensor, target, reduce, relu_rule: str 
     the modified ReLU backward rule, all undone on exit; yields the LongTensor[N] target."""
     if not (reduce is None or callable(reduce) or reduce in REDUCTIONS):
         raise ValueError(f"unknown reduce={reduce!r}; choose one of {list(REDUCTIONS)} or None")
-    with hooks.preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with hooks.frozen(model):
         target = resolve_target(model, x, target)
         if relu_rule is None:
             yield target
