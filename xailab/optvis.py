@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hooks
+from .attribution import check_input
 
 STEPS_ENV = "XAILAB_MAX_STEPS"
 
@@ -460,9 +461,8 @@ def class_image(model: nn.Module, class_index: int, steps: int | None = None, se
     """Simonyan's class model: an image [3,H,W] in [0,1] that maximises the class
     score minus ``l2_weight`` * mean (I - 0.5)^2, by Adam on plain pixels from grey plus
     a little noise. ``steps=None``: 64. ``param``/``transforms`` as in ``optimize``."""
-    n_classes = getattr(model, "classes", None)
-    if n_classes is not None and not 0 <= class_index < len(n_classes):
-        raise ValueError(f"class_index must be in 0..{len(n_classes) - 1}, got {class_index}")
+    if getattr(model, "classes", None) is not None:
+        _in_range(class_index, len(model.classes), "class_index")
     return _single(optimize(model, class_logit(class_index, l2_weight), param=param or pixels(),
                             transforms=transforms, steps=resolve_steps(steps, 64), lr=0.05,
                             seed=seed, progress=progress))
@@ -474,9 +474,9 @@ def class_images(model: nn.Module, classes=None, steps: int | None = None, seed:
     FloatTensor[len(classes),3,H,W]. Image k starts from the same noise as it would alone
     only for k = 0; the outcome is the same kind of image, computed several times faster."""
     classes = list(range(len(model.classes))) if classes is None else [int(c) for c in classes]
-    n_classes = getattr(model, "classes", None)
-    if n_classes is not None and not all(0 <= c < len(n_classes) for c in classes):
-        raise ValueError(f"class indices must be in 0..{len(n_classes) - 1}, got {classes}")
+    if getattr(model, "classes", None) is not None:
+        for c in classes:
+            _in_range(c, len(model.classes), "a class index")
     return optimize(model, class_logit(classes, l2_weight), param=param or pixels(), n=len(classes),
                     transforms=transforms, steps=resolve_steps(steps, 64), lr=0.05, seed=seed,
                     progress=progress)
@@ -512,27 +512,13 @@ def _check_image(image):
         image = image[0]
     if image.shape[-1] != image.shape[-2]:
         raise ValueError(f"image must be square, got {tuple(image.shape[-2:])}")
-    _check_range(image)
+    check_input(image[None])
     return image.detach().float()
-
-
-def _check_range(x: torch.Tensor):
-    if not x.is_floating_point():
-        raise TypeError(f"images must be float tensors in [0, 1], got {x.dtype}; use x.float() / 255")
-    lo, hi = (float(v) for v in torch.aminmax(x.detach())) if x.numel() else (0.0, 0.0)
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(f"images must hold values in [0, 1] (models normalise inside), got "
-                         f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
 
 
 def features(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """The activation of ``layer`` for a batch x [N,3,H,W] in [0, 1] (no gradient)."""
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must be a batch FloatTensor[N,3,H,W], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
-                         + ("; add a batch dimension with x[None]" if isinstance(x, torch.Tensor)
-                            and x.dim() == 3 else ""))
-    _check_range(x)
+    check_input(x)
     with hooks.preserved(model), hooks.record(model, layer) as rec, torch.no_grad():
         model.eval()
         model(x.to(_device(model)))

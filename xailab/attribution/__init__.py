@@ -61,7 +61,8 @@ def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of images [N,3,H,W], got {type(x).__name__}")
     if x.dim() == 3:
-        raise ValueError(f"x has shape {tuple(x.shape)}: add a batch dimension, e.g. x[None] or x.unsqueeze(0)")
+        raise ValueError(f"x has shape {tuple(x.shape)}, not a batch [N,3,H,W]: add a batch dimension, "
+                         "e.g. x[None] or x.unsqueeze(0)")
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"x must have shape [N,3,H,W], got {tuple(x.shape)}"
                          + (" (channels last? use x.permute(0, 3, 1, 2))" if x.dim() == 4 and x.shape[-1] == 3 else ""))
