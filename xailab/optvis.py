@@ -625,15 +625,20 @@ def feature_error(model: nn.Module, layer: str, x: torch.Tensor, reference: torc
 
 
 # --------------------------------------------------------------------------- dataset examples
+def _batches(data, batch_size: int):
+    """(start index, images [b,3,H,W]) for ``data``: a shapes dataset or a tensor [N,3,H,W]."""
+    n = len(data)
+    for i in range(0, n, batch_size):
+        yield i, (data[i:i + batch_size] if isinstance(data, torch.Tensor)
+                  else data.images(slice(i, min(n, i + batch_size))))
+
+
 def channel_activations(model: nn.Module, layer: str, channel_index: int, data, batch_size: int = 256,
                         reduce: str = "mean") -> torch.Tensor:
     """The mean (or ``reduce="max"``) activation of one channel for every image of ``data``
     (a shapes dataset or a tensor [N,3,H,W]), streamed in batches."""
-    xs = data if isinstance(data, torch.Tensor) else None
-    n = len(xs) if xs is not None else len(data)
     out = []
-    for i in range(0, n, batch_size):
-        b = xs[i:i + batch_size] if xs is not None else data.images(slice(i, min(n, i + batch_size)))
+    for _, b in _batches(data, batch_size):
         a = _channel(features(model, layer, b), layer, channel_index)
         out.append(a.flatten(1).mean(1) if reduce == "mean" else a.flatten(1).max(1).values)
     return torch.cat(out).cpu()
@@ -675,21 +680,18 @@ def top_patches(model: nn.Module, layer: str, channel_index: int, data, k: int =
     the position of its strongest activation and that unit's receptive field.
     Returns (patches FloatTensor[k,3,r,r], boxes list of (image index, x0, y0, x1, y1),
     values). Patches at the border are padded with grey."""
-    xs = data if isinstance(data, torch.Tensor) else None
-    n = len(xs) if xs is not None else len(data)
     best = []
-    for i in range(0, n, batch_size):
-        b = xs[i:i + batch_size] if xs is not None else data.images(slice(i, min(n, i + batch_size)))
+    for i, b in _batches(data, batch_size):
         a = _channel(features(model, layer, b), layer, channel_index).cpu()
         v, pos = a.flatten(1).max(1)
         for t in range(len(b)):
             best.append((float(v[t]), i + t, int(pos[t]) // a.shape[-1], int(pos[t]) % a.shape[-1]))
     best.sort(key=lambda e: -e[0])
-    side = (xs.shape[-1] if xs is not None else data.size)
+    side = data.shape[-1] if isinstance(data, torch.Tensor) else data.size
     r, j, start = receptive_field(model, layer, side)
     patches, boxes, vals = [], [], []
     for v, idx, yy, xx in best[:k]:
-        img = xs[idx] if xs is not None else data.images(slice(idx, idx + 1))[0]
+        img = data[idx] if isinstance(data, torch.Tensor) else data.images(slice(idx, idx + 1))[0]
         cy, cx = start + yy * j, start + xx * j
         y0, x0 = int(round(cy - r / 2)), int(round(cx - r / 2))
         pad = F.pad(img[None], (r, r, r, r), value=0.5)[0]
