@@ -223,7 +223,7 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     """Class score of each image masked by each of its normalised, upsampled channels:
     [N,C]. Masks are built batch by batch (never all N*C images at once); channels
     that are constant give an all-zero mask and share one forward pass."""
-    from .perturbation import _positive_int, default_batch_size   # (imported late: keeps the registry order)
+    from .perturbation import _positive_int, default_batch_size, fast_layout   # (late: keeps the registry order)
     n, c = a.shape[:2]
     batch_size = default_batch_size(x) if batch_size is None else _positive_int(batch_size, "batch_size")
     lo, hi = a.amin((2, 3)), a.amax((2, 3))
@@ -241,9 +241,7 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
             m = F.interpolate(a[i, k][:, None], size=x.shape[-2:], mode="bilinear", align_corners=align_corners)
             mlo, mhi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
             m = (m - mlo) / (mhi - mlo).clamp_min(1e-12)
-            # channels-last batches run the convolutions about twice as fast on CPU
-            # (same numbers up to float rounding)
-            out = net((x[i] * m).contiguous(memory_format=torch.channels_last))
+            out = net(fast_layout(x[i] * m))
             scores[i, k] = out.gather(1, t[i][:, None])[:, 0]
     return scores
 
