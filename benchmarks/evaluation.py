@@ -5,14 +5,13 @@ Captum's ``sensitivity_max`` given the same perturbations (ratio, same run).
     python benchmarks/evaluation.py [--images 16] [--repeats 3]
 """
 import argparse
-import statistics
-import time
 
 import torch
 from captum.metrics import sensitivity_max
 
 import xailab
 from xailab import data, evaluation, models
+from timing import median_times
 
 p = argparse.ArgumentParser()
 p.add_argument("--images", type=int, default=16)
@@ -46,15 +45,9 @@ tasks = {
         net, x, "gradcam", y, layers=["fc", "features.block3", "features.block2", "features.block1"]),
     "shortcut exposure": lambda: evaluation.shortcut_exposure(net, "gradcam", n=args.images),
 }
-times = {k: [] for k in tasks}
-for _ in range(args.repeats):                      # interleaved repeats, median
-    for name, fn in tasks.items():
-        start = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - start)
+med = median_times(tasks, args.repeats)
 print(f"{args.images} images 64x64, shapesnet, median of {args.repeats}")
 print(f"{'metric':36s} {'ms / image':>10s}")
-med = {k: statistics.median(v) for k, v in times.items()}
 for name, t in med.items():
     print(f"{name:36s} {1000 * t / args.images:10.2f}")
 ratio = med["max-sensitivity (5 perturbations)"] / med["  captum sensitivity_max (same)"]

@@ -9,13 +9,12 @@ Respects $XAILAB_MAX_STEPS like the library (unset it to measure the real notebo
 """
 import argparse
 import os
-import statistics
 
 import torch
 
 from xailab import hooks, models, optvis
 from xailab.data import shapes
-from timing import timed
+from timing import median_times, timed
 
 
 def bare_loop(model, layer, channel, steps):
@@ -47,13 +46,12 @@ def steps_per_second(args):
           f"(median of {args.repeats})")
     print(f"{'model':10s} {'bare loop':>10s} {'optimize':>10s} {'+fourier+jitter':>16s} {'time ours/bare':>16s}")
     for name, (model, layer) in nets.items():
-        t = {"bare": [], "ours": [], "fancy": []}
-        for _ in range(args.repeats):          # interleaved, so load changes hit all three alike
-            t["bare"].append(timed(lambda: bare_loop(model, layer, 0, args.steps)))
-            t["ours"].append(timed(lambda: ours(model, layer, 0, args.steps)))
-            t["fancy"].append(timed(lambda: ours(model, layer, 0, args.steps, param=optvis.fourier(),
-                                                 transforms=list(optvis.STANDARD_TRANSFORMS))))
-        sps = {k: args.steps / statistics.median(v) for k, v in t.items()}
+        med = median_times({
+            "bare": lambda: bare_loop(model, layer, 0, args.steps),
+            "ours": lambda: ours(model, layer, 0, args.steps),
+            "fancy": lambda: ours(model, layer, 0, args.steps, param=optvis.fourier(),
+                                  transforms=list(optvis.STANDARD_TRANSFORMS))}, args.repeats)
+        sps = {k: args.steps / v for k, v in med.items()}
         print(f"{name:10s} {sps['bare']:10.1f} {sps['ours']:10.1f} {sps['fancy']:16.1f} "
               f"{sps['bare'] / sps['ours']:16.2f}")
 

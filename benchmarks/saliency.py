@@ -4,7 +4,6 @@ measured in the same run (median of interleaved repeats). Goal: every ratio <= 1
     python benchmarks/saliency.py [--repeats 5]
 """
 import argparse
-import statistics
 
 import torch
 from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, IntegratedGradients,
@@ -13,7 +12,7 @@ from captum.attr import (Deconvolution, GuidedBackprop, InputXGradient, Integrat
 import xailab
 from xailab import hooks, models
 from xailab.data import shapes
-from timing import timed
+from timing import median_times
 
 
 def cases(model, x, t, steps, samples, batch):
@@ -63,11 +62,8 @@ def main():
         print(f"  {'method':22s} {'ours':>9s} {'Captum':>9s}  ratio")
         for name, (ours, theirs) in cases(model, x, t, **kw).items():
             ours(), theirs()                                  # warm up (and caches)
-            a, b = [], []
-            for _ in range(args.repeats):                     # interleaved: same machine load
-                a.append(timed(ours))
-                b.append(timed(theirs))
-            ta, tb = statistics.median(a), statistics.median(b)
+            med = median_times({"ours": ours, "theirs": theirs}, args.repeats)
+            ta, tb = med["ours"], med["theirs"]
             print(f"  {name:22s} {ta * 1e3:7.1f}ms {tb * 1e3:7.1f}ms  {ta / tb:5.2f}x")
 
 
