@@ -135,6 +135,8 @@ def test_show_images_and_overlay():
     axes = [ax for ax in fig.axes if ax.images]
     assert len(axes) == 5 and axes[4].get_title() == "e"
     assert fig.get_size_inches()[0] <= 8
+    fig = viz.show_images(list(x[:2]), titles=["a", "b"], suptitle="two of them")
+    assert fig._suptitle.get_text() == "two of them" and len([a for a in fig.axes if a.images]) == 2
     heat = torch.rand(4, 4) * 5
     ax = viz.overlay(x[0], heat, alpha=0.4)
     base, top = ax.images

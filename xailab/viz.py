@@ -166,18 +166,21 @@ def feature_grid(activation, n: int = 16, ax=None, title=None, ncols: int = 8,
     return ax
 
 
-def show_images(x, titles=None, ncols: int = 8, size: float = 1.0, cmap: str = "viridis"):
-    """A row (or grid) of images [N,3,H,W] (or maps [N,H,W]) with optional titles.
-    Returns the figure."""
+def show_images(x, titles=None, ncols: int = 8, size: float = 1.0, cmap: str = "viridis",
+                suptitle: str | None = None):
+    """A row (or grid) of images [N,3,H,W] (or maps [N,H,W], or a list of [3,H,W]) with
+    optional titles and a title over the figure. Returns the figure."""
     import matplotlib.pyplot as plt
 
+    if isinstance(x, (list, tuple)) and x and isinstance(x[0], torch.Tensor):
+        x = torch.stack([t.detach().cpu() for t in x])
     x = _tensor(x).detach()
     if x.dim() not in (3, 4):
         raise ValueError(f"show_images expects [N,3,H,W] or [N,H,W], got {tuple(x.shape)}")
     n = x.shape[0]
     cols = max(1, min(ncols, n))
     rows = math.ceil(n / cols)
-    height = (1.3 if titles is not None else 1.0) * size * rows
+    height = (1.3 if titles is not None else 1.0) * size * rows + (0.25 if suptitle else 0.0)
     fig, axes = plt.subplots(rows, cols, figsize=(min(8.0, size * cols), min(6.0, height)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -187,7 +190,11 @@ def show_images(x, titles=None, ncols: int = 8, size: float = 1.0, cmap: str = "
         ax.imshow(img, cmap=cmap if img.ndim == 2 else None)
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
-    fig.tight_layout(pad=0.2)
+    top = 1.0
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8)
+        top = 1 - 0.25 / fig.get_size_inches()[1]          # keep the panel titles below it
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, top))
     return fig
 
 
