@@ -171,15 +171,18 @@ def class_logit(index, l2: float = 0.0) -> Objective:
     """Simonyan et al.'s class model: S_c(I) - l2 * ||I - 0.5||^2 / (number of pixels),
     with the raw (pre-softmax) class score S_c and the image centred on grey.
     ``index``: one class for every image, or a sequence with one class per image."""
+    many = not isinstance(index, (int, np.integer))
+    indices = torch.as_tensor(index).view(-1, 1) if many else None
+    extremes = (int(indices.min()), int(indices.max())) if many and len(indices) else ()
+
     def fn(c):
         n = c.logits.shape[1]
-        if isinstance(index, (int, np.integer)):
+        if not many:
             s = c.logits[:, _in_range(index, n, f"the class index ({n} classes)")]
         else:
-            idx = torch.as_tensor(index, device=c.logits.device).view(-1, 1)
-            for i in idx.view(-1).tolist():
+            for i in extremes:
                 _in_range(i, n, f"a class index ({n} classes)")
-            s = c.logits.gather(1, idx)[:, 0]
+            s = c.logits.gather(1, indices.to(c.logits.device))[:, 0]
         if l2:
             s = s - l2 * (c.image - 0.5).pow(2).flatten(1).mean(1)
         return s
