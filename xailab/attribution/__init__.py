@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import hooks
+from ..solving import solves
 
 
 @dataclass
@@ -30,8 +31,10 @@ _REGISTRY: dict[str, Method] = {}
 
 
 def register(name: str, family: str, summary: str, reference: str = ""):
-    """Decorator: add ``fn(model, x, target, **options)`` to the registry as ``name``."""
+    """Decorator: add ``fn(model, x, target, **options)`` to the registry as ``name``.
+    The function refuses to run while a lab check forbids ``name`` (``xailab.solving``)."""
     def deco(fn):
+        fn = solves(name)(fn)
         _REGISTRY[name] = Method(name, fn, family, summary, reference)
         return fn
     return deco
