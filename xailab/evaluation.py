@@ -29,6 +29,7 @@ from torch import nn
 from . import hooks
 from .attribution.perturbation import fast_layout
 from .models import inference_copy
+from .solving import solves
 
 Box = tuple[int, int, int, int]
 
@@ -295,6 +296,7 @@ def _non_negative(h):
                          "or heatmaps.abs() (xailab.explain's default heat maps are non-negative)")
 
 
+@solves("evaluation.relevance_mass")
 def relevance_mass(heatmaps, masks) -> torch.Tensor:
     """Share of the (non-negative) relevance that falls inside the mask, per image."""
     h, m = _maps_and_masks(heatmaps, masks)

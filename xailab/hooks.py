@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .solving import solves
+
 
 class UnknownLayerError(KeyError):
     """A layer name that the model does not have (the message lists close matches)."""
@@ -133,6 +135,7 @@ class HookSet:
         return False
 
 
+@solves("hooks.forward_hooks")
 @contextlib.contextmanager
 def forward_hooks(model: nn.Module, fns):
     """Register forward hooks for the duration of a ``with``: ``fns`` is a dict
@@ -159,6 +162,7 @@ class Recorder:
         return self.activations[name]
 
 
+@solves("hooks.record")
 @contextlib.contextmanager
 def record(model: nn.Module, layers, detach: bool = True):
     """Capture the outputs of ``layers`` (a name or a list) and their gradients.

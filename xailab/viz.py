@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .solving import solves
+
 
 def _tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
@@ -69,6 +71,7 @@ def summed_map(activation) -> torch.Tensor:
     return a.sum(dim=-3)
 
 
+@solves("viz.upsample")
 def upsample(maps, size) -> torch.Tensor:
     """Bilinear resize of the last two dims to ``size`` (an int or (H, W)).
 
@@ -86,6 +89,7 @@ def upsample(maps, size) -> torch.Tensor:
     return out.reshape(*shape[:-2], *size)
 
 
+@solves("viz.normalize")
 def normalize(maps, eps: float = 1e-8) -> torch.Tensor:
     """Scale each map (last two dims) to [0, 1] on its own; a constant map becomes 0."""
     m = _tensor(maps).float()
@@ -94,6 +98,7 @@ def normalize(maps, eps: float = 1e-8) -> torch.Tensor:
     return (m - lo) / (hi - lo).clamp_min(eps)
 
 
+@solves("viz.heatmap")
 def heatmap(activation, size) -> torch.Tensor:
     """Where a layer fires, at image size: summed over channels, upsampled
     bilinearly to ``size``, then each map scaled to [0, 1]. [N,C,h,w] -> [N,H,W]."""

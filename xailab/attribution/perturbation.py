@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import hooks
 from ..models import inference_copy
+from ..solving import solves
 from . import REDUCTIONS, check_input, reduce_channels, register, resolve_target
 
 __all__ = ["occlusion", "occlusion_windows", "rise", "rise_masks", "lime", "kernel_shap",
@@ -147,6 +148,7 @@ def _pair_scores(model, x, target, n_variants: int, make, batch_size: int, probs
 
 
 # ----------------------------------------------------------------------------- occlusion
+@solves("perturbation.occlusion_windows")
 def occlusion_windows(height: int, width: int, window=8, stride=4, device=None):
     """Every window position of a sliding-window occlusion, as masks.
 
@@ -237,6 +239,7 @@ _MASKS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
 _MASK_CACHE_SIZE = 6
 
 
+@solves("perturbation.rise_masks")
 def rise_masks(n_masks: int = 1000, size=64, cell=8, p: float = 0.5, seed: int = 0,
                device=None) -> torch.Tensor:
     """RISE's random masks, FloatTensor[n_masks, H, W] with values in [0, 1].

@@ -2,7 +2,7 @@
 reference on fixed inputs and say in words what is right or wrong."""
 import importlib as _importlib
 
-from .core import Report, call, in_words, relative_error  # noqa: F401
+from .core import Report, call, in_words, needs, relative_error  # noqa: F401
 
 for _lab in ("lab01", "lab02", "lab03", "lab04", "lab05", "lab06", "lab07", "lab08"):
     try:
