@@ -8,6 +8,16 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
 
 
+@pytest.fixture(autouse=True)
+def _lenient_checks(monkeypatch):
+    """Tests call lab checks with wrong answers on purpose: report, do not raise;
+    and every test starts with no recorded attempts."""
+    from xailab.checks import core
+    monkeypatch.delenv("XAILAB_STRICT_CHECKS", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    core.reset()
+
+
 @pytest.fixture(scope="session")
 def shapesnet():
     from xailab import models

@@ -23,17 +23,6 @@ def test_labs_are_generated_from_solutions_and_up_to_date():
     assert stale == [], "labs/ is stale: run `python -m xailab.course make-labs`"
 
 
-def test_strip_solutions_keeps_indentation_and_hint():
-    src = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: square it\n    return x * x\n    ### END SOLUTION\n\nprint(1)"
-    out = course.strip_solutions(src)
-    assert "return x * x" not in out and "    # YOUR CODE HERE" in out
-    assert "    raise NotImplementedError('square it')" in out and out.endswith("print(1)")
-    with pytest.raises(ValueError):
-        course.strip_solutions("### BEGIN SOLUTION\nx = 1")
-    with pytest.raises(ValueError):
-        course.strip_solutions("x = 1\n### END SOLUTION")
-
-
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_every_solution_has_exercises_and_checks(path):
     nb = nbformat.read(path, as_version=4)
@@ -59,19 +48,6 @@ def test_notebook_conventions(path):
         text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown").lower()
         assert "learning goals" in text and "references" in text
         assert (ROOT / "solutions" / path.name).exists() and (ROOT / "labs" / path.name).exists()
-
-
-def test_a_fresh_lab_fails_only_where_the_student_must_write_code():
-    from nbclient import NotebookClient
-
-    lab = ROOT / "labs" / "02_hooks.ipynb"
-    nb = nbformat.read(lab, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(lab.parent)}}).execute()
-    errors = [o.ename for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert errors and set(errors) == {"NotImplementedError"}
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "not written yet" in printed
 
 
 def _names(reqs):
