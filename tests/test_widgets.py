@@ -143,3 +143,18 @@ def test_images_from_a_folder_and_bad_input(tmp_path):
         widgets.load_images(torch.full((1, 3, 8, 8), 255.0))
     with pytest.raises(ValueError, match=r"\[N,3,H,W\]"):
         widgets.load_images(torch.rand(2, 8, 8))
+
+
+def test_widgets_leave_a_training_model_as_they_found_it(images):
+    model = models.load("shapesnet").train()
+    before = hooks.Snapshot.of(model)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    x = images.images()
+    ex = widgets.Explorer(model, images, background=False)
+    ex.image.value = 2
+    ex.layer.value = "features.block2"
+    widgets.LayerBrowser(model, x[0], background=False)
+    widgets.ClassCompare(model, x[0], background=False)
+    assert model.training and before.diff(model) == [] and hooks.count_hooks(model) == 0
+    after = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert all(torch.equal(stats[k], after[k]) for k in stats), "BatchNorm running statistics changed"

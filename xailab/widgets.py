@@ -231,7 +231,7 @@ class _Widget:
                 raise
 
     def _activation(self, x, layer):
-        with hooks.record(self.model, [layer]) as rec, torch.no_grad():
+        with hooks.frozen(self.model), hooks.record(self.model, [layer]) as rec, torch.no_grad():
             self.model(x)
         return rec.activations[layer]
 
@@ -239,6 +239,12 @@ class _Widget:
         from IPython.display import display
 
         display(self.ui)
+
+
+def _predict(model, x):
+    """The model's output in eval mode, its modes and flags restored afterwards."""
+    with hooks.frozen(model), torch.no_grad():
+        return model(x)
 
 
 def _layer_options(model):
@@ -273,8 +279,7 @@ class Explorer(_Widget):
         super().__init__(model, background)
         self.x = load_images(images, size)
         self.options = dict(options or {})
-        with torch.no_grad():
-            self.probs = torch.softmax(model(self.x), 1)
+        self.probs = torch.softmax(_predict(model, self.x), 1)
         self.classes = class_names(model, self.probs.shape[1])
         layers, default = _layer_options(model)
         if layer is not None:
@@ -367,8 +372,7 @@ class ClassCompare(_Widget):
 
         super().__init__(model, background)
         self.x = load_images(image, size)[:1]
-        with torch.no_grad():
-            k = model(self.x).shape[1]
+        k = _predict(model, self.x).shape[1]
         self.classes = class_names(model, k)
         opts = [(c, i) for i, c in enumerate(self.classes)]
         for c in classes:
