@@ -93,10 +93,39 @@ def test_modified_relu_backward_restores_in_place_relus():
             pass
 
 
-@pytest.mark.parametrize("arch,expected", [("resnet18", "net.layer4"), ("vgg11", "net.features.19")])
-def test_default_layer_is_found_automatically(arch, expected):
-    assert models.load_torchvision(arch).default_layer == expected
-    assert hooks.last_spatial_layer(models.build("shapesnet")) == "features.block3"
+@pytest.mark.parametrize("arch,expected", [
+    ("resnet18", "net.layer4"), ("vgg11", "net.features.19"),
+    ("googlenet", "net.inception5b"),            # all four branches, not branch4 alone
+    ("inception_v3", "net.Mixed_7c"), ("efficientnet_b0", "net.features"),
+    ("convnext_tiny", "net.features"), ("squeezenet1_1", "net.classifier.2"),
+    ("regnet_y_400mf", "net.trunk_output"), ("mobilenet_v3_small", "net.features"),
+    ("densenet121", "net.features")])
+def test_default_layer_is_the_final_feature_map_found_by_shape(arch, expected):
+    model = models.load_torchvision(arch)
+    assert model.default_layer == expected
+    size = model.dry_run_size
+    with hooks.record(model, [model.default_layer]) as rec, torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    a = rec.activations[model.default_layer]
+    assert a.dim() == 4 and a.shape[-1] > 1 and hooks.count_hooks(model) == 0
+
+
+def test_the_default_layer_of_shapesnet_returns_block3s_feature_map():
+    net = models.build("shapesnet").eval()
+    found = hooks.last_spatial_layer(net)
+    x = torch.rand(2, 3, 64, 64)
+    with hooks.record(net, [found, "features.block3"]) as rec, torch.no_grad():
+        net(x)
+    assert torch.equal(rec.activations[found], rec.activations["features.block3"])
+
+
+@pytest.mark.parametrize("arch,size,words", [("inception_v3", 64, "at least 75x75"),
+                                              ("vit_b_16", 64, "224x224 px only")])
+def test_architectures_that_cannot_take_the_size_load_and_say_so(arch, size, words):
+    model = models.load_torchvision(arch)            # the dry run no longer raises inside torchvision
+    with pytest.raises(ValueError, match=words):
+        xailab.explain(model, torch.rand(1, 3, size, size), method="gradcam")
+    assert hooks.count_hooks(model) == 0
 
 
 def test_only_hooks_module_registers_hooks():

@@ -46,12 +46,15 @@ def get_layer(model: nn.Module, name: str | nn.Module) -> nn.Module:
                             f"See xailab.hooks.list_layers(model) for all {len(names)} names.")
 
 
-def _dry_run(model: nn.Module, size: int = 64) -> tuple[list[str], dict, dict]:
-    """One forward pass on zeros: the order in which layers fire, their output shapes
-    and output storage (to tell when a block just passes a child's output on)."""
+def _dry_run(model: nn.Module, size: int | None = None) -> tuple[list[str], dict, dict]:
+    """One forward pass on zeros (``size`` px, default the model's ``dry_run_size`` or 64):
+    the order in which layers finish, their output shapes and output storage (to tell
+    which modules return one and the same tensor)."""
+    size = size or getattr(model, "dry_run_size", 64)
     order: list[str] = []
     shapes: dict[str, tuple] = {}
     storage: dict[str, int] = {}
+    alive: list[torch.Tensor] = []       # held until the end, so no address is reused
     with HookSet() as hs:
         for name, m in model.named_modules():
             if not name:
@@ -61,6 +64,7 @@ def _dry_run(model: nn.Module, size: int = 64) -> tuple[list[str], dict, dict]:
                     shapes[name] = tuple(out.shape)
                     storage[name] = out.data_ptr()
                     order.append(name)
+                    alive.append(out)
             hs.forward(m, rec)
         p = next(model.parameters(), None)
         device, dtype = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
@@ -76,30 +80,28 @@ def spatial_layers(model: nn.Module) -> list[str]:
     return [n for n in dict.fromkeys(order) if len(shapes[n]) == 4 and shapes[n][-1] > 1]
 
 
-_NOT_A_TARGET = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
-                 nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
+_POOLING = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
 
 
 def last_spatial_layer(model: nn.Module) -> str:
-    """The sensible default layer for CAM methods: the last layer (not a pooling
-    layer) with a spatial output, widened to the block that returns that same output
-    (e.g. torchvision resnet18 -> ``net.layer4``, shapesnet -> ``features.block3``)."""
+    """The default layer for CAM methods, found by output shape as torch-cam does: the
+    module that finishes last with a spatial output [N,C,H,W] (H, W > 1), skipping
+    pooling outputs and pass-through modules. Containers finish after their children,
+    so the block that returns the final feature map wins over its last leaf
+    (torchvision resnet18 -> ``net.layer4``, googlenet -> ``net.inception5b``, the
+    concatenation of all four branches)."""
     order, shapes, storage = _dry_run(model)
     modules = dict(model.named_modules())
-    leaves = [n for n in order if len(shapes[n]) == 4 and shapes[n][-1] > 1
-              and not list(modules[n].children()) and not isinstance(modules[n], _NOT_A_TARGET)
-              and type(modules[n]).__name__ != "Normalize"]
-    if not leaves:
+    pooled = {storage[n] for n in order if isinstance(modules[n], _POOLING)}
+    image = shapes[order[0]] if order else None
+    found = [n for n in order if len(shapes[n]) == 4 and shapes[n][-1] > 1 and shapes[n][-2] > 1
+             and storage[n] not in pooled and not isinstance(modules[n], _PASS_THROUGH)
+             and not (shapes[n] == image and shapes[n][1] == 3)]
+    if not found:
         raise ValueError(f"{type(model).__name__} has no layer with a spatial output; "
                          "pass layer= explicitly (see xailab.hooks.list_layers(model))")
-    name = leaves[-1]
-    while "." in name:
-        parent = name.rsplit(".", 1)[0]
-        if parent in ("net",) or parent.split(".")[-1] == "features" or parent not in storage \
-                or storage[parent] != storage[name] or shapes[parent] != shapes[name]:
-            break
-        name = parent
-    return name
+    return found[-1]
 
 
 class HookSet:

@@ -145,15 +145,40 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class TorchvisionModel(nn.Module):
     """A torchvision classifier wrapped to take [0, 1] images (normalises inside)."""
 
-    def __init__(self, net: nn.Module, classes: list[str], default_layer: str):
+    def __init__(self, net: nn.Module, classes: list[str], default_layer: str, arch: str = "",
+                 min_size: int = 1):
         super().__init__()
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.net = net
         self.classes = classes
         self.default_layer = default_layer
+        self.arch = arch or type(net).__name__
+        self.fixed_size = getattr(net, "image_size", None)      # vision transformers: one size only
+        self.min_size = min_size
+        self.dry_run_size = self.fixed_size or max(64, min_size)
 
     def forward(self, x):
+        h, w = x.shape[-2:]
+        if self.fixed_size and (h, w) != (self.fixed_size, self.fixed_size):
+            raise ValueError(f"{self.arch} works at {self.fixed_size}x{self.fixed_size} px only, got {h}x{w}; "
+                             f"resize first, e.g. F.interpolate(x, size={self.fixed_size}, mode='bilinear')")
+        if min(h, w) < self.min_size:
+            raise ValueError(f"{self.arch} needs images of at least {self.min_size}x{self.min_size} px, "
+                             f"got {h}x{w}; resize first, e.g. F.interpolate(x, size={self.min_size}, "
+                             "mode='bilinear')")
         return self.net(self.normalize(x))
+
+
+def _sizes(arch: str) -> tuple[int, int]:
+    """(minimum, native) image size of a torchvision architecture, from its weights'
+    metadata (read locally, nothing downloaded); (1, 224) when it has none."""
+    import torchvision
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return 1, 224
+    crop = getattr(weights.transforms(), "crop_size", [224])
+    return max(weights.meta.get("min_size", (1, 1))), int(crop[0])
 
 
 def load_torchvision(arch: str, weights=None, num_classes: int | None = None) -> nn.Module:
@@ -162,6 +187,8 @@ def load_torchvision(arch: str, weights=None, num_classes: int | None = None) ->
     ``weights="DEFAULT"`` fetches ImageNet weights, which needs internet; offline,
     the error says so instead of hanging. The result normalises inside, has
     ``.classes`` and ``.default_layer`` (its last spatial layer), and is in eval mode.
+    Images smaller than the architecture's minimum size (inception_v3: 75 px), or of
+    another size than a vision transformer's one size, get a clear error.
     """
     import torchvision
     from . import hooks
@@ -188,7 +215,10 @@ def load_torchvision(arch: str, weights=None, num_classes: int | None = None) ->
     n_out = num_classes or 1000
     if not classes:
         classes = [f"class {i}" for i in range(n_out)]
-    wrapped = TorchvisionModel(net, classes, default_layer="")
+    min_size, native = _sizes(arch)
+    wrapped = TorchvisionModel(net, classes, default_layer="", arch=arch, min_size=min_size)
+    if min_size > 32:              # at 64 px its last blocks are 1x1: look at the native size
+        wrapped.dry_run_size = wrapped.fixed_size or native
     wrapped.default_layer = hooks.last_spatial_layer(wrapped)
     return wrapped.eval()
 
