@@ -34,6 +34,7 @@ from .solving import solves
 Box = tuple[int, int, int, int]
 
 
+@solves("evaluation.box_iou")
 def box_iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1) with exclusive ends."""
     iw = min(a[2], b[2]) - max(a[0], b[0])
@@ -43,6 +44,7 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@solves("evaluation.largest_region")
 def largest_region(mask) -> np.ndarray:
     """The largest 8-connected component of a boolean [H,W] mask (empty mask: all False)."""
     from skimage.measure import label
@@ -56,6 +58,7 @@ def largest_region(mask) -> np.ndarray:
     return labels == sizes.argmax()     # ties: the first region in raster order
 
 
+@solves("evaluation.box_from_map")
 def box_from_map(heatmap, threshold: float = 0.2) -> Box | None:
     """Bounding box (x0, y0, x1, y1), exclusive ends, of the largest connected region
     where ``heatmap >= threshold * heatmap.max()``; None when the map has no positive
@@ -189,6 +192,7 @@ def _check_maps(x, heatmaps):
     if heatmaps.dim() != 3 or heatmaps.shape[0] != x.shape[0] or heatmaps.shape[-2:] != x.shape[-2:]:
         raise ValueError(f"heatmaps must be [N,H,W] matching the images {tuple(x.shape)}, got "
                          f"{tuple(heatmaps.shape)}; reduce channels first (xailab.explain does)")
+    _finite(heatmaps)
     return heatmaps.detach().to(x.device, torch.float32)
 
 
@@ -197,6 +201,7 @@ def _curve_auc(curves: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
     return torch.trapezoid(curves, fractions.to(curves), dim=1)
 
 
+@solves("evaluation.deletion", "evaluation.insertion")
 def _perturbation_curves(model, x, heatmaps, target, step, start, batch_size):
     """Shared by deletion and insertion: image k of the curve shows ``x`` where the rank
     is at least k*step and ``start`` elsewhere (deletion: start = zeros)."""
@@ -226,6 +231,7 @@ def _perturbation_curves(model, x, heatmaps, target, step, start, batch_size):
     return curves, counts.float() / pixels
 
 
+@solves("evaluation.deletion")
 def deletion(model: nn.Module, x: torch.Tensor, heatmaps: torch.Tensor, target=None, step: int = 64,
              batch_size: int = 256, return_curves: bool = False):
     """Deletion AUC per image: pixels set to 0 (black, in [0, 1] space), most important
@@ -245,6 +251,7 @@ def blurred(x: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tens
     return gaussian_blur(x, [kernel, kernel], [sigma, sigma])
 
 
+@solves("evaluation.insertion")
 def insertion(model: nn.Module, x: torch.Tensor, heatmaps: torch.Tensor, target=None, step: int = 64,
               batch_size: int = 256, return_curves: bool = False):
     """Insertion AUC per image: start from a blurred copy (kernel 11, sigma 5) and put the
@@ -272,9 +279,18 @@ def _maps_and_masks(heatmaps, masks):
     if h.dim() != 3 or m.shape != h.shape:
         raise ValueError(f"heatmaps [N,H,W] and masks [N,H,W] must match, got {tuple(h.shape)} "
                          f"and {tuple(m.shape)}")
+    _finite(h)
     return h, m
 
 
+def _finite(h):
+    if not torch.isfinite(h).all():
+        bad = int((~torch.isfinite(h)).flatten(1).any(1).sum())
+        raise ValueError(f"{bad} heat map(s) contain NaN or inf values: the explanation itself failed "
+                         "(check the images and the method's options) before scoring it")
+
+
+@solves("evaluation.pointing_game")
 def pointing_game(heatmaps, masks, tolerance: int = 15) -> torch.Tensor:
     """BoolTensor[N]: a hit when some pixel within ``tolerance`` pixels (Euclidean) of
     the map's maximum (the first one in raster order) lies in the object mask.
@@ -359,6 +375,7 @@ def max_sensitivity(model: nn.Module, x: torch.Tensor, method: str, target=None,
 # NeurIPS): an explanation that does not change when the model's weights are destroyed
 # cannot be explaining the model.
 
+@solves("evaluation.spearman")
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of |a| and |b| per map [N,H,W] -> [N] (ties by index)."""
     ra, rb = (_order(t.abs().flatten(1)).float() for t in (a, b))

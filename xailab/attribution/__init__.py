@@ -60,7 +60,8 @@ def describe(name: str) -> str:
 
 
 def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
-    """Raise a clear error unless ``x`` is a FloatTensor[N,3,H,W] with values in [0, 1]."""
+    """Raise a clear error unless ``x`` is a FloatTensor[N,3,H,W] with values in [0, 1],
+    finite, with N >= 1 (an empty batch raises for every method alike)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of images [N,3,H,W], got {type(x).__name__}")
     if x.dim() == 3:
@@ -71,7 +72,13 @@ def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
                          + (" (channels last? use x.permute(0, 3, 1, 2))" if x.dim() == 4 and x.shape[-1] == 3 else ""))
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; use x.float() / 255")
-    lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+    if x.shape[0] == 0:
+        raise ValueError("x holds no images (an empty batch [0,3,H,W]); every method needs at least one")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise ValueError(f"{bad} image(s) in x contain NaN or inf values; every explanation of them "
+                         "would be NaN. Find where they come from (e.g. a division by zero) first")
+    lo, hi = (float(v) for v in torch.aminmax(x))
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"x must hold images in [0, 1] (models normalise inside), got values in "
                          f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
