@@ -208,3 +208,22 @@ def test_the_writer_refuses_bad_records(tmp_path):
         broden.write(tmp_path / "d", ["object"], [("x", "scene")], [])
     with pytest.raises(ValueError, match="uint8"):
         broden.write(tmp_path / "e", ["object"], labels, [{"image": img.astype(float)}])
+
+
+@pytest.mark.parametrize("column", ["image", "object"])
+def test_files_outside_the_dataset_folder_are_refused(tmp_path, column):
+    folder = tmp_path / "broden"
+    _tiny(folder)
+    secret = tmp_path / "secret.png"
+    shutil.copy(next((folder / "images").glob("*.png")), secret)    # a readable file outside
+    index = folder / "index.csv"
+    rows = list(csv.DictReader(index.open()))
+    rows[0][column] = "../../secret.png"
+    with index.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ds = broden.open(folder)
+    with pytest.raises(BrodenFormatError, match="outside the dataset folder"):
+        ds.image(0) if column == "image" else ds.segmentation(0)
+    ds.image(1)                                  # the other rows still read

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from . import hooks
 from .data import broden as _broden
+from .solving import solves
 
 __all__ = ["Dissection", "dissect", "plot_summary", "show_top_images", "unit_masks"]
 
@@ -67,6 +68,7 @@ class Dissection:
     def n_units(self) -> int:
         return self.iou.shape[0]
 
+    @solves("dissect.best")
     def best(self, category: str | None = None):
         """Best concept per unit (overall, or within ``category``): (column LongTensor[U], IoU FloatTensor[U])."""
         iou = self.iou
@@ -152,8 +154,8 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once every wanted layer has fired."""
 
 
-def _forward(model, layers, x, fires: dict | None = None) -> dict:
-    """Outputs of ``layers`` for ``model(x)``. With ``fires`` (layer -> times it fires
+def _forward(model, layers, x, fires: dict | None = None) -> tuple[dict, dict]:
+    """Outputs of ``layers`` for ``model(x)`` and how often each fired. With ``fires`` (layer -> times it fires
     in one forward pass), the pass stops as soon as each layer has fired that often:
     the rest of the network is never computed."""
     count = {n: 0 for n in layers}
@@ -182,6 +184,7 @@ def _forward(model, layers, x, fires: dict | None = None) -> dict:
     return out, count
 
 
+@solves("dissect.unit_masks")
 def unit_masks(activation: torch.Tensor, thresholds: torch.Tensor, size) -> torch.Tensor:
     """BoolTensor[N, U, *size]: activations upsampled bilinearly (align_corners=False)
     to ``size`` and compared with the per-unit ``thresholds``."""
@@ -212,6 +215,7 @@ def _stride(ratio: float, act: torch.Tensor) -> int:
     return p
 
 
+@solves("dissect.dissect")
 def dissect(model, layer, folder, batch_size: int = 64, quantile: float = 0.005,
             iou_cutoff: float = 0.04, top_k: int = 8, progress: bool = True,
             max_elements: int = 2 ** 24, cache_elements: int = 2 ** 25, max_top: int = 2 ** 25):

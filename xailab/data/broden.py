@@ -198,12 +198,22 @@ class Broden:
         return self.categories[int(self.label_category[label])]
 
     # ---- files
+    def _file(self, i: int, name: str) -> Path:
+        """``images/name``, refusing names that lead outside the dataset folder (``..``,
+        absolute paths, links out), as a reader of downloaded data must."""
+        path = self.images_dir / name
+        root = self.folder.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise BrodenFormatError(f"{self._where(i)}: file name {name!r} points outside the dataset "
+                                    f"folder {root}; a Broden index may only name files inside it")
+        return path
+
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` as FloatTensor[3, ih, iw] in [0, 1]."""
         from PIL import Image
 
         row = self.rows[i]
-        path = self.images_dir / row["image"]
+        path = self._file(i, row["image"])
         if not path.exists():
             raise BrodenFormatError(f"{self._where(i)}: image file {path} is missing")
         with Image.open(path) as im:
@@ -217,7 +227,7 @@ class Broden:
         from PIL import Image
 
         row = self.rows[i]
-        path = self.images_dir / name
+        path = self._file(i, name)
         if not path.exists():
             raise BrodenFormatError(f"{self._where(i)}: segmentation file {path} is missing")
         with Image.open(path) as im:
@@ -438,26 +448,6 @@ def synthetic_labels() -> list[tuple[str, str]]:
             + [(t, "texture") for t in TEXTURES])
 
 
-def _star(u, v):
-    """Inside test of a five-pointed star (tips at radius 1, inner vertices at 0.45)."""
-    theta = np.mod(np.arctan2(v, u), 2 * np.pi / 5)
-    phi = np.minimum(theta, 2 * np.pi / 5 - theta)
-    rho = np.sqrt(u * u + v * v)
-    px, py = rho * np.cos(phi), rho * np.sin(phi)
-    ix, iy = 0.45 * np.cos(np.pi / 5), 0.45 * np.sin(np.pi / 5)
-    # inside: on the origin's side of the edge from the tip (1, 0) to the inner vertex
-    return (ix - 1.0) * py - iy * (px - 1.0) >= 0
-
-
-def _shape_inside(label, u, v, rho):
-    """The shapes generator's inside test (``shapes._inside``), except for the star,
-    whose test there accepts the region outside the star rather than inside it;
-    here the star is drawn by ``_star``."""
-    star = label == CLASSES.index("star")
-    out = _inside(np.where(star, 0, label), u, v)
-    return np.where(star, _star(u, v), out)
-
-
 def _pattern(kind, x, y, period, angle, phase, waves):
     """Binary texture pattern (0/1) evaluated at coordinates x, y [n, H, W]."""
     c, s = np.cos(angle), np.sin(angle)
@@ -540,8 +530,8 @@ def _draw(rng: np.random.Generator, n: int, size: int):
         u, v = (c * dx + s * dy) / ex(radius), (-s * dx + c * dy) / ex(radius)
         lab = np.broadcast_to(ex(shape), u.shape)
         rho = np.sqrt(u * u + v * v)
-        inside = _shape_inside(lab, u, v, rho)
-        core = _shape_inside(lab, u / 0.6, v / 0.6, rho / 0.6)
+        inside = _inside(lab, u, v)
+        core = _inside(lab, u / 0.6, v / 0.6)
         tip_r = np.array([9.0, 0.9, 0.7, 0.62, 0.7, 9.0])[lab]       # circle, heart have no tips
         part = np.where(inside & (rho > tip_r), num["tip"],
                         np.where(inside & ~core, num["rim"],
