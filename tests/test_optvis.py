@@ -328,3 +328,11 @@ def test_lab_checks_accept_the_reference_and_explain_mistakes(capsys):
     descent = lambda m, x, f, lr, shift, s: optvis.ascent_step(m, x, f, -lr, shift, s)
     assert not lab03.check_ascent_step(descent)
     assert "subtracted" in capsys.readouterr().out
+
+
+def test_class_images_without_a_classes_list_asks_for_the_classes():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3)).eval()
+    with pytest.raises(ValueError, match="pass classes="):
+        optvis.class_images(net, steps=1)
+    assert optvis.class_images(net, classes=[0, 2], steps=1).shape[0] == 2

@@ -47,6 +47,7 @@ from torch import nn
 
 from . import hooks
 from .attribution import check_input
+from .solving import solves
 
 STEPS_ENV = "XAILAB_MAX_STEPS"
 
@@ -192,6 +193,7 @@ def class_logit(index, l2: float = 0.0) -> Objective:
 INPUT = ":input"   # suffix of an objective's layer key: read the layer's input, not its output
 
 
+@solves("optvis.feature_match")
 def feature_match(name: str, target: torch.Tensor, of_input: bool = False) -> Objective:
     """Minus ||phi(x) - phi0||^2 / ||phi0||^2 (Mahendran & Vedaldi's loss), with phi the
     output of layer ``name`` (``of_input=True``: the tensor that goes *into* it)."""
@@ -322,6 +324,7 @@ STANDARD_TRANSFORMS = (jitter(4), scale(), rotate(), jitter(2))
 
 
 # --------------------------------------------------------------------------- regularisers
+@solves("optvis.total_variation")
 def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     """Mahendran & Vedaldi's TV^beta, one value per image: the mean over pixels of
     ((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2)^(beta/2) (last row/column dropped)."""
@@ -359,6 +362,7 @@ def _progress(total, show, desc):
     return tqdm(total=total, desc=desc, leave=False)
 
 
+@solves("optvis.optimize")
 def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), regularizers=(),
              steps: int | None = None, lr: float = 0.05, size: int = 64, n: int = 1, seed: int = 0,
              progress: bool = True, history: list | None = None, lr_decay: bool = False) -> torch.Tensor:
@@ -424,6 +428,7 @@ def optimize(model: nn.Module, objective: Objective, param=None, transforms=(), 
             return param().detach().clamp(0, 1)
 
 
+@solves("optvis.ascent_step")
 def ascent_step(model: nn.Module, image: torch.Tensor, score_fn, lr: float = 0.05,
                 shift=(0, 0), blur_sigma: float = 0.0) -> torch.Tensor:
     """One step of plain gradient ascent (the lab's version of the loop): roll the
@@ -439,6 +444,7 @@ def ascent_step(model: nn.Module, image: torch.Tensor, score_fn, lr: float = 0.0
     return gaussian_blur(out, blur_sigma)
 
 
+@solves("optvis.ascent")
 def ascent(model: nn.Module, score_fn, steps: int | None = None, lr: float = 0.05, jitter: int = 1,
            blur_sigma: float = 0.0, size: int = 64, seed: int = 0) -> torch.Tensor:
     """The lab's loop: start from grey plus N(0, 0.01^2) noise (``torch.manual_seed(seed)``),
@@ -476,10 +482,16 @@ def class_images(model: nn.Module, classes=None, steps: int | None = None, seed:
     """``class_image`` for several classes at once (default: all), optimised as one batch:
     FloatTensor[len(classes),3,H,W]. Image k starts from the same noise as it would alone
     only for k = 0; the outcome is the same kind of image, computed several times faster."""
-    classes = list(range(len(model.classes))) if classes is None else [int(c) for c in classes]
-    if getattr(model, "classes", None) is not None:
+    names = getattr(model, "classes", None)
+    if classes is None:
+        if names is None:
+            raise ValueError(f"{type(model).__name__} has no .classes list: pass classes=[...] "
+                             "(the class indices to visualise)")
+        classes = range(len(names))
+    classes = [int(c) for c in classes]
+    if names is not None:
         for c in classes:
-            _in_range(c, len(model.classes), "a class index")
+            _in_range(c, len(names), "a class index")
     return optimize(model, class_logit(classes, l2_weight), param=param or pixels(), n=len(classes),
                     transforms=transforms, steps=resolve_steps(steps, 64), lr=0.05, seed=seed,
                     progress=progress)
@@ -586,6 +598,7 @@ def _conv_input_probe(model: nn.Module, layer: str, size: int) -> tuple[tuple, b
     return (1, *seen[0].shape[1:]), bool(seen[0].min() >= 0)
 
 
+@solves("optvis.invert")
 def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None = None, seed: int = 0,
            tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, through_conv: bool = True,
            progress: bool = False) -> torch.Tensor:
