@@ -1,4 +1,5 @@
-"""xailab.viz helpers (shapes, ranges, grid layout) and the lab 02 checks."""
+"""xailab.viz helpers (shapes, ranges, grid layout); the lab 02 checks are tested in
+test_lab02_checks.py."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from xailab import hooks, viz  # noqa: E402
-from xailab.checks import lab02  # noqa: E402
+from xailab import viz  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -144,100 +144,3 @@ def test_show_images_and_overlay():
     arr = np.asarray(top.get_array())
     assert arr.shape == (16, 16) and arr.min() >= 0 and arr.max() <= 1 + 1e-6
     assert top.get_alpha() == 0.4
-
-
-# ---------------------------------------------------------------- lab 02 checks
-
-def record_activation(model, layer, x):
-    module = hooks.get_layer(model, layer)
-    stored = {}
-    handle = module.register_forward_hook(lambda m, a, out: stored.update(out=out.detach().clone()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return stored["out"]
-
-
-def leaky_recorder(model, layer, x):        # removes the hook, but not in finally
-    module = hooks.get_layer(model, layer)
-    stored = {}
-    handle = module.register_forward_hook(lambda m, a, out: stored.update(out=out.detach().clone()))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    return stored["out"]
-
-
-def uncopied_recorder(model, layer, x):     # keeps a view an in-place ReLU overwrites
-    module = hooks.get_layer(model, layer)
-    stored = {}
-    handle = module.register_forward_hook(lambda m, a, out: stored.update(out=out.detach()))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    return stored["out"]
-
-
-def unwritten(*args):
-    raise NotImplementedError("write this part, then run the check below")
-
-
-def layer_heatmap(activation, size):
-    s = F.interpolate(activation.sum(1)[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    lo, hi = s.amin((1, 2), keepdim=True), s.amax((1, 2), keepdim=True)
-    return (s - lo) / (hi - lo + 1e-8)
-
-
-def test_reference_recorder_passes(capsys):
-    report = lab02.check_recorder(record_activation)
-    assert report.passed
-    assert "PASSED" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("fn, words", [
-    (leaky_recorder, "finally"),
-    (uncopied_recorder, "in-place"),
-    (unwritten, "not written yet"),
-    (lambda model, layer, x: None, "forget `return`"),
-])
-def test_wrong_recorders_fail_with_words(fn, words):
-    report = lab02.check_recorder(fn, verbose=False)
-    assert not report.passed
-    assert words in "\n".join(report.lines)
-
-
-def test_reference_heatmap_passes():
-    assert lab02.check_heatmap(layer_heatmap, verbose=False).passed
-    assert lab02.check_heatmap(viz.heatmap, verbose=False).passed
-
-
-def scale_then_upsample(a, size):
-    return viz.upsample(viz.normalize(a.sum(1)), size)
-
-
-def no_epsilon(a, size):
-    s = viz.upsample(a.sum(1), size)
-    lo, hi = s.amin((1, 2), keepdim=True), s.amax((1, 2), keepdim=True)
-    return (s - lo) / (hi - lo)
-
-
-def in_place(a, size):
-    a *= 2                       # the result is the same, but the caller's tensor changed
-    return viz.heatmap(a, size)
-
-
-@pytest.mark.parametrize("fn, words", [
-    (scale_then_upsample, "upsample first"),
-    (no_epsilon, "NaN"),
-    (in_place, "changed the activation"),
-    (lambda a, size: viz.normalize(viz.upsample(a, size)), "sum over the channel"),
-    (unwritten, "not written yet"),
-])
-def test_wrong_heatmaps_fail_with_words(fn, words):
-    report = lab02.check_heatmap(fn, verbose=False)
-    assert not report.passed
-    assert words in "\n".join(report.lines)

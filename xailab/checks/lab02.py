@@ -4,7 +4,11 @@
     lab02.check_recorder(record_activation)    # fn(model, layer, x) -> activation
     lab02.check_heatmap(layer_heatmap)         # fn(activation, size) -> [N,H,W] in [0, 1]
 
-Each check prints a verdict in words and returns the ``Report`` (truthy when passed).
+Each check runs the student's function while the library code that answers the exercise
+refuses to run (``hooks.record`` and ``hooks.forward_hooks``; ``viz.heatmap`` and its
+building blocks ``viz.upsample`` and ``viz.normalize``), compares it with a reference
+computed outside that block, names the commonest mistakes, prints a verdict in words and
+returns the ``Report`` (truthy when passed).
 """
 from __future__ import annotations
 
@@ -12,10 +16,13 @@ import torch
 from torch import nn
 
 from .. import hooks, viz
-from .core import (Report, call, diagnose, relative_error, name_of as _name, finish as _done,
+from ..solving import forbidding
+from .core import (Report, call, degenerate, diagnose, relative_error, name_of as _name, finish as _done,
                    require_tensor)
 
 SEED = 2
+RECORDER = ("hooks.record", "hooks.forward_hooks")
+HEATMAP = ("viz.heatmap", "viz.upsample", "viz.normalize")
 
 
 def _images(n: int = 4) -> torch.Tensor:
@@ -50,14 +57,31 @@ def _inplace_net() -> nn.Module:
     return net
 
 
+def _same_activation(report: Report, got, want, x, logits, layer: str) -> bool:
+    """Compare a recorded activation with the reference; name what came back instead."""
+    if tuple(got.shape) == tuple(x.shape) and torch.equal(got.detach().float(), x):
+        report.fail(f"{layer}: you returned the input x unchanged; return what the layer outputs "
+                    "(the hook's `output` argument)")
+        return False
+    if tuple(got.shape) == tuple(logits.shape) and relative_error(got.detach(), logits) < 1e-4:
+        report.fail(f"{layer}: you returned the model's output (the class scores); return what the "
+                    "layer named `layer` outputs, caught by a forward hook on that layer")
+        return False
+    if tuple(got.shape) == tuple(want.shape) and degenerate(report, got.detach().float(), want, inputs=()):
+        return False
+    return report.compare(f"{layer} activation", got, want)
+
+
 def check_recorder(fn, verbose: bool = True) -> Report:
     """``fn(model, layer, x)`` must run ``model(x)`` and return a detached copy of
     the output of the layer named ``layer``, leaving no hook behind."""
     from .. import models
 
-    report = Report("check_recorder")
+    report = Report("check_recorder", exercise="record_activation", forbid=RECORDER)
     model = models.load("shapesnet")
     x = _images(4)
+    with torch.no_grad():
+        logits = model(x)
 
     # 1. the right values at two depths, nothing left behind
     for layer in ("features.block1", "features.block3"):
@@ -69,7 +93,7 @@ def check_recorder(fn, verbose: bool = True) -> Report:
         if got is None:
             break
         want = _reference_activation(model, layer, x)
-        if not report.compare(f"{layer} activation", got, want):
+        if not _same_activation(report, got, want, x, logits, layer):
             break
         if got.requires_grad:
             report.fail("the result still carries the autograd graph (requires_grad=True): "
@@ -83,7 +107,8 @@ def check_recorder(fn, verbose: bool = True) -> Report:
     # 2. an error in the forward pass must not leave the hook behind
     before = hooks.Snapshot.of(model)
     try:
-        fn(model, "features.block2", x[:, :2])       # two channels: the model raises
+        with forbidding(report.forbid):
+            fn(model, "features.block2", x[:, :2])   # two channels: the model raises
     except Exception:  # noqa: BLE001 - the error is expected
         pass
     if _leftovers(report, before, model, "when the forward pass raised an error"):
@@ -117,12 +142,33 @@ def check_recorder(fn, verbose: bool = True) -> Report:
     return _done(report, verbose)
 
 
+def _wrong_shape(report: Report, got, act, want) -> None:
+    """Name what a heat map of the wrong shape is."""
+    n, c, h, w = act.shape
+    size = tuple(want.shape[-2:])
+    if tuple(got.shape) == tuple(act.shape):
+        report.fail(f"you returned a tensor shaped like the activation {tuple(act.shape)}"
+                    + (" (the activation unchanged)" if torch.equal(got, act.float()) else "")
+                    + f": one map per image is expected, {tuple(want.shape)}: sum over the channels")
+    elif got.dim() == 4 and got.shape[0] == n and got.shape[1] == c:
+        report.fail(f"shape {tuple(got.shape)}: one map per image is expected, {tuple(want.shape)}: "
+                    "sum over the channel dimension")
+    elif tuple(got.shape) == (n, h, w):
+        report.fail(f"shape {tuple(got.shape)}: the summed map is still at the layer's resolution; "
+                    f"upsample it to {size[0]} x {size[1]}")
+    elif got.dim() == 4 and tuple(got.shape[-2:]) == size and got.shape[1] == 1:
+        report.fail(f"shape {tuple(got.shape)}: drop the channel dimension you added for the "
+                    f"upsampling; return {tuple(want.shape)}")
+    else:
+        report.fail(f"shape {tuple(got.shape)}, expected {tuple(want.shape)} (one {size[0]} x {size[1]} map per image)")
+
+
 def check_heatmap(fn, verbose: bool = True) -> Report:
     """``fn(activation, size)`` must sum the feature maps over channels, upsample
     bilinearly to ``size`` x ``size`` and scale each map to [0, 1]."""
     from .. import models
 
-    report = Report("check_heatmap")
+    report = Report("check_heatmap", exercise="layer_heatmap", forbid=HEATMAP)
     model = models.load("shapesnet")
     x = _images(4)
     cases = [("features.block3", 64), ("features.block1", 64), ("features.block2", 40)]
@@ -142,12 +188,13 @@ def check_heatmap(fn, verbose: bool = True) -> Report:
         if tuple(got.shape) == tuple(want.shape) and torch.isnan(got).any():
             report.fail("your maps contain NaN: guard the division by (max - min)")
             break
+        if tuple(got.shape) != tuple(want.shape):
+            _wrong_shape(report, got, kept, want)
+            break
+        if degenerate(report, got, want):
+            break
         if report.compare(f"{layer} heat map at {size}x{size}", got, want):
             continue
-        if tuple(got.shape) != tuple(want.shape):
-            if got.dim() == 4:
-                report.fail("one map per image is expected: sum over the channel dimension (dim=1)")
-            break
         hints = [
             (viz.upsample(viz.normalize(viz.summed_map(kept)), size),
              "you scaled to [0, 1] before upsampling; upsample first, then scale"),
@@ -159,6 +206,12 @@ def check_heatmap(fn, verbose: bool = True) -> Report:
             (viz.normalize(torch.nn.functional.interpolate(viz.summed_map(kept)[:, None], size=(size, size),
                                                            mode="bilinear", align_corners=True)[:, 0]),
              "use align_corners=False, the default of F.interpolate"),
+            (viz.upsample(viz.summed_map(kept), size),
+             "the maps are not scaled: map each image's values to [0, 1] (minus its minimum, divided by "
+             "its range)"),
+            ((lambda s: s / s.amax((1, 2), keepdim=True))(viz.upsample(viz.summed_map(kept), size)),
+             "dividing by the maximum is not enough: subtract each map's minimum first, then divide by "
+             "its range (max - min)"),
         ]
         if not diagnose(report, got, hints):
             lo, hi = float(got.amin()), float(got.amax())
