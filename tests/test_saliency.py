@@ -276,24 +276,3 @@ def test_bad_inputs_give_clear_errors(shapesnet, call, match):
     with pytest.raises(ValueError, match=match):
         call(shapesnet, x)
     assert before.diff(shapesnet) == []
-
-
-def test_lab04_checks_pass_the_reference_and_catch_mistakes(capsys):
-    from xailab.checks import lab04
-
-    def grad(model, x, target):
-        return saliency.gradient(model, x, target, reduce=None)
-
-    def sg(model, x, target, n_samples=20, noise=0.15):
-        return saliency.smoothgrad(model, x, target, n_samples=n_samples, noise=noise, reduce=None)
-
-    def ig(model, x, target, baseline=None, n_steps=32):
-        return saliency.integrated_gradients(model, x, target, baseline=baseline, n_steps=n_steps,
-                                             rule="right", reduce=None)
-
-    assert lab04.check_gradient(grad) and lab04.check_smoothgrad(sg) and lab04.check_integrated_gradients(ig)
-    assert not lab04.check_gradient(lambda m, x, t: grad(m, x, t).abs())
-    assert not lab04.check_smoothgrad(lambda m, x, t, n_samples, noise: sg(m, x, t, n_samples, noise / 2))
-    assert not lab04.check_integrated_gradients(lambda m, x, t, baseline=None, n_steps=8: ig(m, x, t, None, n_steps))
-    out = capsys.readouterr().out
-    assert "|gradient|" in out and "standard deviation" in out and "grey baseline" in out

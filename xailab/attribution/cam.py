@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..solving import solves
 from ..models import inference_copy
 from . import check_input, register, resolve_target
 
@@ -80,6 +81,7 @@ def resolve_layer(model: nn.Module, layer=None) -> str:
     return layer
 
 
+@solves("cam.layer_pass")
 def layer_pass(model: nn.Module, x: torch.Tensor, target=None, layer=None,
                gradients: bool = True) -> LayerPass:
     """One forward pass recording layer ``layer``; with ``gradients`` also the gradient of
@@ -111,6 +113,7 @@ def layer_pass(model: nn.Module, x: torch.Tensor, target=None, layer=None,
     return LayerPass(name, a.detach(), g, logits.detach(), t)
 
 
+@solves("cam.weighted_sum")
 def weighted_sum(a: torch.Tensor, w: torch.Tensor, relu: bool = True) -> torch.Tensor:
     """sum_k w_k A_k for channel weights w [N,C] (or element-wise weights [N,C,h,w])."""
     cam = (a * (w[:, :, None, None] if w.dim() == 2 else w)).sum(1)
@@ -126,6 +129,7 @@ def finish(cam: torch.Tensor, x: torch.Tensor, upsample: bool = True) -> torch.T
 
 # ---------------------------------------------------------------- CAM (Zhou et al. 2016)
 
+@solves("cam.gap_linear_weights")
 def gap_linear_weights(model: nn.Module, p: LayerPass) -> torch.Tensor:
     """The weight matrix W [K,C] for which the model's output equals W GAP(A) + b.
 

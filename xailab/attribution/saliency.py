@@ -24,9 +24,11 @@ import torch
 from torch import nn
 
 from .. import hooks
+from ..solving import solves
 from . import REDUCTIONS, reduce_channels, register, resolve_target
 
 
+@solves("saliency.input_gradients")
 def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """d score[n, target[n]] / d x[n] for every image n: one forward, one backward pass."""
     x = x.detach().requires_grad_(True)
