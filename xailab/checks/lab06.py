@@ -1,126 +1,235 @@
-"""Checks for lab 06 (network dissection): unit thresholds and the IoU table.
+"""Checks for lab 06 (network dissection): the unit-by-concept IoU under the NetDissect
+rule (Bau et al. 2017) and the unit labelling rule.
 
     from xailab.checks import lab06
-    lab06.check_thresholds(unit_thresholds)   # fn(acts [N,U,h,w], top) -> [U]
-    lab06.check_iou(iou_table)                # fn(masks [N,U,H,W] bool, labels [N,H,W], n) -> [U, n]
+    lab06.check_unit_concept_iou(unit_concept_iou)
+        # fn(acts [N,U,h,w], thresholds [U], labels [N,H,W], n_concepts) -> IoU [U, n_concepts]
+    lab06.check_label_units(label_units)
+        # fn(iou [U, n_concepts], cutoff) -> LongTensor[U] (concept number 1..n, 0 = no label)
 
-Each check prints a verdict in words and returns the ``Report`` (truthy when passed).
+Each check runs the student's function on fixed inputs while the library code that
+computes the same thing (``dissect.dissect``, ``dissect.unit_masks``,
+``Dissection.best``) refuses to run, compares with a private reference and names the
+common mistakes in words. It prints the verdict and returns the ``Report``.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .core import Report, call, name_of as _name, require_tensor
+from ..solving import solves
+from .core import Report, call, degenerate, finish, name_of, tensor_result
+
+FORBID_IOU = ("dissect.dissect", "dissect.unit_masks")
+FORBID_LABELS = ("dissect.dissect", "dissect.best")
 
 
-def reference_thresholds(acts: torch.Tensor, top: float) -> torch.Tensor:
-    """Per unit, the (1 - top) quantile over images and positions (linear interpolation)."""
+@solves("dissect.unit_masks", "dissect.dissect")
+def _iou(acts, thresholds, labels, n_concepts, mode="bilinear", per_image=False, downsample=False):
+    """The NetDissect IoU table and its common wrong variants (private reference).
+
+    ``mode``: how activation maps reach the label size ("bilinear" with
+    align_corners=False is the rule; "nearest" and "corners" = bilinear with
+    align_corners=True are mistakes); ``per_image``: mean of per-image IoUs (a mistake);
+    ``downsample``: labels shrunk to the activation size instead (a mistake)."""
+    acts = acts.detach().double()
+    t = thresholds.detach().double().view(1, -1, 1, 1)
+    if downsample:
+        labels = F.interpolate(labels[:, None].double(), size=acts.shape[-2:], mode="nearest")[:, 0].long()
+        up = acts
+    elif mode == "nearest":
+        up = F.interpolate(acts, size=labels.shape[-2:], mode="nearest")
+    else:
+        up = F.interpolate(acts, size=labels.shape[-2:], mode="bilinear", align_corners=(mode == "corners"))
+    masks = (up > t).double()                                                   # [N,U,H,W]
+    onehot = F.one_hot(labels.long(), n_concepts + 1)[..., 1:].double()         # [N,H,W,C]
+    inter = torch.einsum("nuhw,nhwc->nuc", masks, onehot)
+    area_m = masks.sum((2, 3))[:, :, None]
+    area_l = onehot.sum((1, 2))[:, None, :]
+    if per_image:
+        union = area_m + area_l - inter
+        iou = torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+        return iou.mean(0).float()
+    inter, union = inter.sum(0), (area_m + area_l - inter).sum(0)
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union)).float()
+
+
+def _threshold(acts, top):
+    """Per unit, the top-``top`` quantile over images and positions (the library's T_k)."""
     u = acts.shape[1]
     return torch.quantile(acts.transpose(0, 1).reshape(u, -1).double(), 1 - top, dim=1).float()
 
 
-def reference_iou(masks: torch.Tensor, labels: torch.Tensor, n_concepts: int) -> torch.Tensor:
-    """IoU[u, c - 1] = |mask_u & (labels == c)| / |mask_u | (labels == c)| summed over
-    the dataset; 0 where both are empty."""
-    m = masks.transpose(0, 1).reshape(masks.shape[1], -1).double()
-    onehot = torch.nn.functional.one_hot(labels.reshape(-1), n_concepts + 1)[:, 1:].double()
-    inter = m @ onehot
-    union = m.sum(1, keepdim=True) + onehot.sum(0, keepdim=True) - inter
-    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union)).float()
+def _iou_cases():
+    """Small datasets where units partly follow concepts: (acts, thresholds, labels, n)."""
+    g = torch.Generator().manual_seed(606)
+    cases = []
+    for n_img, units, (h, w), scale, n in [(6, 5, (4, 4), 4, 4), (3, 4, (3, 5), 4, 3)]:
+        coarse = torch.randint(0, n, (n_img, h, w), generator=g)       # concept n never appears
+        labels = coarse.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        labels[:, :scale // 2] = 0                                      # an unlabeled strip
+        acts = torch.randn(n_img, units, h, w, generator=g)
+        for u in range(min(units - 2, n - 1)):                          # unit u leans to concept u + 1
+            acts[:, u] += 2.5 * (coarse == u + 1).float()
+        t = _threshold(acts, 0.2)
+        t[-1] = acts[:, -1].max() + 1                                   # the last unit never fires
+        cases.append((acts, t, labels, n))
+    return cases
 
 
-def check_thresholds(fn, verbose: bool = True) -> Report:
-    """``fn(acts, top)``: acts FloatTensor[N, U, h, w] -> FloatTensor[U], the level
-    above which the top fraction ``top`` of each unit's values lies."""
-    report = Report("check_thresholds")
-    g = torch.Generator().manual_seed(6)
-    cases = [(torch.randn(6, 5, 8, 8, generator=g).relu() * 3, 0.005),
-             (torch.rand(3, 4, 7, 9, generator=g), 0.05),
-             (torch.randn(2, 3, 4, 4, generator=g), 0.2)]
-    for acts, top in cases:
-        got = call(report, fn, acts.clone(), top)
+def _random_answer(report, fn, args, got, what):
+    """Run ``fn`` again on the same inputs: a different answer means random values."""
+    again = call(report, fn, *[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    if again is None or not isinstance(again, torch.Tensor):
+        return report.passed is False
+    if again.shape != got.shape or not torch.equal(again.detach().float().cpu(), got):
+        report.fail(f"{name_of(fn)} gives a different {what} each time it runs on the same input, as "
+                    "random values would: compute it from the inputs")
+        return True
+    return False
+
+
+def check_unit_concept_iou(fn, verbose: bool = True) -> Report:
+    """``fn(acts, thresholds, labels, n_concepts)``: acts FloatTensor[N, U, h, w] (activation
+    maps), thresholds FloatTensor[U] (T_k), labels LongTensor[N, H, W] (0 = unlabeled,
+    1..n_concepts) -> FloatTensor[U, n_concepts]: IoU_{k,c} = sum over images
+    |M_k & L_c| / sum over images |M_k | L_c|, with M_k the map upsampled bilinearly
+    (align_corners=False) to H x W and compared with T_k (> T_k); 0 where the union is empty."""
+    report = Report("check_unit_concept_iou", exercise="unit_concept_iou", forbid=FORBID_IOU)
+    got = None
+    for k, (acts, t, labels, n) in enumerate(_iou_cases()):
+        args = (acts, t, labels, n)
+        raw = call(report, fn, acts.clone(), t.clone(), labels.clone(), n)
         if not report.passed:
             break
-        got = require_tensor(report, fn, got, "one threshold per unit (a torch.Tensor)")
+        u = acts.shape[1]
+
+        def shape_hint(g, acts=acts, n=n, u=u):
+            if tuple(g.shape) == tuple(acts.shape):
+                return ": you returned the activations unchanged; return one IoU per (unit, concept)"
+            if tuple(g.shape) == (u, n + 1):
+                return " (one column per concept 1..n_concepts; label 0 is 'unlabeled', not a concept)"
+            if tuple(g.shape) == (n, u):
+                return " (rows are units, columns concepts: your table is transposed)"
+            if g.dim() == 3:
+                return " (sum over the images before dividing: one table for the whole dataset)"
+            return " (one row per unit, one column per concept)"
+        got = tensor_result(report, fn, raw, shape=(u, n), what="an IoU table [units, concepts]",
+                            nan_hint=": a unit that never fires and a concept that never appears give "
+                                     "0 / 0; make that IoU 0", shape_hint=shape_hint)
         if got is None:
             break
-        want = reference_thresholds(acts, top)
-        if tuple(got.shape) == tuple(want.shape) == (acts.shape[1],) and \
-                torch.allclose(got.float(), reference_thresholds(acts, 1 - top), atol=1e-5):
-            report.fail(f"with top={top} you returned the {top} quantile, the bottom of the range: "
-                        "the threshold is the (1 - top) quantile")
+        want = _iou(*args)
+        if degenerate(report, got, want):
             break
-        if tuple(got.shape) == (acts.shape[0],) or tuple(got.shape) == ():
-            report.fail(f"result has shape {tuple(got.shape)}: compute one threshold per unit "
-                        "(dimension 1), over images and positions together")
+        if k == 0 and _random_answer(report, fn, args, got, "table"):
             break
-        if not report.compare(f"thresholds for acts of shape {tuple(acts.shape)}, top={top}",
-                              got, want, tol=1e-4):
-            break
-    if verbose:
-        report.show()
-    return report
+        if report.compare(f"IoU table for {len(acts)} images, {u} units, {n} concepts, maps {tuple(acts.shape[-2:])}"
+                          f" -> labels {tuple(labels.shape[-2:])}", got, want, tol=1e-4):
+            continue
+        mistakes = [
+            (_iou(*args, per_image=True), "you averaged per-image IoUs: NetDissect sums the intersections and "
+             "the unions over the whole dataset first, then divides once per (unit, concept)"),
+            (_iou(*args, downsample=True), "you compared at the activation map's size (labels shrunk): upsample "
+             "each activation map to the label size first, then threshold"),
+            (_iou(*args, mode="nearest"), "you upsampled with nearest neighbours: the rule upsamples the "
+             "activation maps bilinearly (align_corners=False) before thresholding"),
+            (_iou(*args, mode="corners"), "you upsampled with align_corners=True: the rule uses bilinear "
+             "upsampling with align_corners=False"),
+            (_iou(*args, per_image=True, mode="nearest"), "you averaged per-image IoUs and upsampled with nearest "
+             "neighbours: sum over the dataset before dividing, and upsample bilinearly"),
+        ]
+        for alt, msg in mistakes:
+            if _relative(got, alt) < 1e-4:
+                report.fail(msg)
+                break
+        break
+    if report.passed and got is not None:
+        report.ok("the unit that never fires scores IoU 0 with every concept, and so does the concept "
+                  "that never appears")
+    return finish(report, verbose)
 
 
-def check_iou(fn, verbose: bool = True) -> Report:
-    """``fn(masks, labels, n_concepts)``: masks BoolTensor[N, U, H, W], labels
-    LongTensor[N, H, W] (0 = unlabeled, 1..n_concepts) -> FloatTensor[U, n_concepts],
-    the IoU summed over the whole dataset (not averaged per image)."""
-    report = Report("check_iou")
-    g = torch.Generator().manual_seed(60)
-    masks = torch.rand(5, 4, 6, 6, generator=g) > 0.7
-    labels = torch.randint(0, 4, (5, 6, 6), generator=g)
-    labels[:, :2] = 0
-    masks[:, 3] = labels == 2          # unit 3 is a perfect detector of concept 2
-    masks[:, 2] = False                # unit 2 never fires
-    cases = [(masks, labels, 3), (masks[:2], labels[:2], 5)]
-    for m, lab, n in cases:
-        got = call(report, fn, m.clone(), lab.clone(), n)
+def _relative(got, alt) -> float:
+    return float((got.double() - alt.double()).abs().max() / alt.double().abs().max().clamp_min(1e-12))
+
+
+@solves("dissect.best", "dissect.dissect")
+def _labels(iou, cutoff, offset=1, use_cutoff=True, dim=1):
+    """The labelling rule (private reference) and its common wrong variants."""
+    score, col = iou.detach().double().max(dim)
+    label = col + offset
+    return torch.where(score > cutoff, label, torch.zeros_like(label)) if use_cutoff else label
+
+
+def _label_cases():
+    g = torch.Generator().manual_seed(66)
+    iou = torch.rand(10, 5, generator=g) * 0.035                      # mostly below the cutoff
+    strong = [(0, 2, 0.21), (1, 0, 0.07), (3, 4, 0.12), (4, 2, 0.05), (6, 1, 0.09), (8, 3, 0.3),
+              (9, 0, 0.045)]
+    for u, c, v in strong:
+        iou[u, c] = v
+    iou[5, 3] = 0.039                                                  # best, but not a detector
+    return [(iou, 0.04), (iou, 0.08)]
+
+
+def check_label_units(fn, verbose: bool = True) -> Report:
+    """``fn(iou, cutoff)``: iou FloatTensor[U, n_concepts] (column j = concept j + 1) ->
+    LongTensor[U]: each unit's best concept number (1..n_concepts) when its IoU with that
+    concept is above ``cutoff``, else 0 (no label)."""
+    report = Report("check_label_units", exercise="label_units", forbid=FORBID_LABELS)
+    for k, (iou, cutoff) in enumerate(_label_cases()):
+        u, n = iou.shape
+        raw = call(report, fn, iou.clone(), cutoff)
         if not report.passed:
             break
-        got = require_tensor(report, fn, got, "an IoU table [units, concepts] (a torch.Tensor)")
+
+        def shape_hint(g, u=u, n=n):
+            if tuple(g.shape) == (u, n):
+                return ": you returned the IoU table unchanged; return one concept number per unit"
+            if tuple(g.shape) == (n,):
+                return (": that is one value per concept, the best unit of each concept; the rule labels "
+                        "each unit with its best concept (maximum over the concepts)")
+            if g.dim() == 0:
+                return " (one label per unit, not a single number)"
+            return " (one label per unit)"
+        got = tensor_result(report, fn, raw, shape=(u,), what="one concept number per unit",
+                            shape_hint=shape_hint)
         if got is None:
             break
-        want = reference_iou(m, lab, n)
-        if tuple(got.shape) != tuple(want.shape):
-            hint = " (one column per concept 1..n_concepts; 0 is 'unlabeled', not a concept)" \
-                if got.dim() == 2 and got.shape[1] == n + 1 else ""
-            report.fail(f"result has shape {tuple(got.shape)}, expected {tuple(want.shape)}{hint}")
-            break
-        if torch.isnan(got.float()).any():
-            report.fail("the table has NaN: a unit that never fires and a concept that never "
-                        "appears give 0 / 0; make that IoU 0")
-            break
-        per_image = torch.stack([reference_iou(m[i:i + 1], lab[i:i + 1], n) for i in range(len(m))]).mean(0)
-        if torch.allclose(got.float(), per_image, atol=1e-5) and not torch.allclose(per_image, want, atol=1e-5):
-            report.fail("you averaged per-image IoUs; dissection sums intersections and unions over "
-                        "the whole dataset first, then divides once")
-            break
-        if not report.compare(f"IoU table for {len(m)} images, {n} concepts", got, want, tol=1e-5):
-            break
-    if report.passed and got is not None and float(got[3, 1]) > 0.999:
-        report.ok("unit 3 is a perfect detector of concept 2: IoU 1.0")
-    if verbose:
-        report.show()
-    return report
-
-
-def check_interpretation(fn, verbose: bool = True) -> Report:
-    """``fn()`` returns your answers to the interpretation questions as text. Nothing
-    here can grade an interpretation: the check only makes sure all three questions
-    have an answer, and reminds you what a good answer refers to."""
-    report = Report("check_interpretation")
-    got = call(report, fn)
-    if report.passed:
-        if not isinstance(got, str) or not got.strip():
-            report.fail(f"{_name(fn)} should return your answers as a non-empty string")
-        else:
-            numbered = [k for k in ("1.", "2.", "3.") if k in got]
-            if len(numbered) < 3:
-                report.fail("number your answers 1., 2. and 3., one per question")
+        want = _labels(iou, cutoff).float()
+        if got.dtype.is_floating_point and not torch.equal(got, got.round()):
+            if torch.allclose(got, iou.max(1).values, atol=1e-6):
+                report.fail("you returned each unit's best IoU; return the concept number it belongs to")
             else:
-                report.ok("three answers written. A good answer cites numbers from the tally "
-                          "(IoU, part-iou, colour coverage) and what the top images show.")
-    if verbose:
-        report.show()
-    return report
+                report.fail("labels are concept numbers (whole numbers 1..n_concepts, 0 = no label), "
+                            "not fractions")
+            break
+        if degenerate(report, got, want):
+            break
+        if k == 0 and _random_answer(report, fn, (iou, cutoff), got, "labelling"):
+            break
+        if torch.equal(got, want):
+            n_det = int((want > 0).sum())
+            report.ok(f"cutoff {cutoff}: {n_det} of {u} units are detectors, labels {want.long().tolist()}")
+            continue
+        mistakes = [
+            (_labels(iou, cutoff, offset=0).float(), "your labels are column indices (0-based); concept "
+             "numbers start at 1, because 0 means 'no label'"),
+            (_labels(iou, cutoff, use_cutoff=False).float(), "every unit got a label: a unit is a detector only "
+             f"when its best IoU is above the cutoff ({cutoff}); the others get 0"),
+            (_labels(iou, cutoff, offset=0, use_cutoff=False).float(), "every unit got a label, and as a "
+             "column index: keep only units above the cutoff, and number concepts from 1"),
+            (torch.where(iou.max(1).values > cutoff, iou.argmin(1) + 1, 0).float(),
+             "you took the worst concept of each unit: the label is the concept with the highest IoU"),
+        ]
+        for alt, msg in mistakes:
+            if torch.equal(got, alt):
+                report.fail(msg)
+                break
+        else:
+            wrong = (got != want).nonzero().flatten().tolist()
+            report.fail(f"cutoff {cutoff}: units {wrong} are labelled {got[wrong].long().tolist()}, "
+                        f"expected {want[wrong].long().tolist()}")
+        break
+    return finish(report, verbose)
