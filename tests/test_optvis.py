@@ -310,24 +310,24 @@ def test_out_of_range_units_and_images_say_what_to_do(shapesnet):
         float(optvis.features(shapesnet, "features.block3", x)[0, 63].mean()))
 
 
-def test_lab_checks_accept_the_reference_and_explain_mistakes(capsys):
-    from xailab.checks import lab03, lab07
+def test_lab_checks_refuse_the_library_and_say_what_is_unfinished(capsys):
+    # the full tests of these checks are tests/test_lab03_checks.py and tests/test_lab07_checks.py
+    from xailab.checks import core, lab03, lab07
 
     def not_yet(*args, **kwargs):
         raise NotImplementedError("write it")
 
-    for check in (lab03.check_ascent_step, lab03.check_visualise, lab07.check_total_variation,
-                  lab07.check_invert, lab07.check_train_decoder):
+    core.reset()
+    for check in (lab03.check_ascent_step, lab07.check_total_variation):
         assert not check(not_yet)
         assert "not written yet" in capsys.readouterr().out
-    assert lab07.check_total_variation(optvis.total_variation)
-    summed = lambda x, beta: optvis.total_variation(x, beta) * (x.shape[-1] - 1) * (x.shape[-2] - 1) * x.shape[1]
-    assert not lab07.check_total_variation(summed)
-    assert "take the mean" in capsys.readouterr().out
-    assert lab03.check_ascent_step(optvis.ascent_step)
-    descent = lambda m, x, f, lr, shift, s: optvis.ascent_step(m, x, f, -lr, shift, s)
-    assert not lab03.check_ascent_step(descent)
-    assert "subtracted" in capsys.readouterr().out
+    for check in (lab03.check_visualise, lab07.check_feature_loss, lab07.check_invert):
+        assert not check(not_yet)                     # the earlier exercise has not passed
+        assert "first" in capsys.readouterr().out
+    assert not lab07.check_total_variation(optvis.total_variation)
+    assert not lab03.check_ascent_step(optvis.ascent_step)
+    assert capsys.readouterr().out.count("write this one yourself") == 2
+    core.reset()
 
 
 def test_class_images_without_a_classes_list_asks_for_the_classes():
