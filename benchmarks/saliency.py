@@ -31,11 +31,11 @@ def cases(model, x, t, steps, samples, batch):
     return {
         "gradient": (ours("gradient"), lambda: Saliency(model).attribute(x, target=t, abs=False)),
         "gradient_x_input": (ours("gradient_x_input"), lambda: InputXGradient(model).attribute(x, target=t)),
-        "smoothgrad": (ours("smoothgrad", n_samples=samples, noise=0.15, internal_batch_size=batch),
+        "smoothgrad": (ours("smoothgrad", n_samples=samples, noise=0.15, batch_size=batch),
                        lambda: NoiseTunnel(Saliency(model)).attribute(
                            x, nt_type="smoothgrad", nt_samples=samples, stdevs=0.15,
                            nt_samples_batch_size=max(1, batch // n), target=t, abs=False)),
-        "integrated_gradients": (ours("integrated_gradients", n_steps=steps, internal_batch_size=batch),
+        "integrated_gradients": (ours("integrated_gradients", n_steps=steps, batch_size=batch),
                                  lambda: IntegratedGradients(model).attribute(
                                      x, target=t, n_steps=steps, internal_batch_size=batch)),
         "guided_backprop": (ours("guided_backprop"), captum_relu(GuidedBackprop)),

@@ -122,7 +122,7 @@ def test_occlusion_windows_cover_everything():
 def test_rise_masks_cached_seeded_and_shaped():
     a = P.rise_masks(300, 32, cell=4, p=0.3, seed=11)
     assert P.rise_masks(300, 32, cell=4, p=0.3, seed=11) is a          # cached, not regenerated
-    P._MASKS.clear()
+    P._masks_on.cache_clear()
     b = P.rise_masks(300, 32, cell=4, p=0.3, seed=11)
     assert b is not a and torch.equal(a, b)                            # seed-deterministic
     assert not torch.equal(a, P.rise_masks(300, 32, cell=4, p=0.3, seed=12))
@@ -135,9 +135,9 @@ def test_rise_reuses_masks_and_counts_passes(net, imgs):
     counter = Counting(net)
     s1 = xailab.explain(counter, x, torch.tensor([0, 1]), method="rise", n_masks=90, batch_size=40, seed=4)
     assert counter.calls == math.ceil(2 * 90 / 40) and counter.images == 180
-    key_count = len(P._MASKS)
+    key_count = P._masks_on.cache_info().currsize
     s2 = xailab.explain(net, x, torch.tensor([0, 1]), method="rise", n_masks=90, batch_size=7, seed=4)
-    assert len(P._MASKS) == key_count
+    assert P._masks_on.cache_info().currsize == key_count
     torch.testing.assert_close(s1, s2, rtol=1e-5, atol=1e-6)
     s3 = xailab.explain(net, x, torch.tensor([0, 1]), method="rise", n_masks=90, seed=5)
     assert not torch.allclose(s1, s3)
@@ -164,7 +164,7 @@ def test_rise_linear_model_identity():
     lin = nn.Sequential(nn.Flatten(), nn.Linear(3 * h * h, 3))
     x = torch.rand(1, 3, h, h)
     n, p = 500, 0.5
-    sal = xailab.explain(lin, x, 1, method="rise", n_masks=n, cell=4, p=p, seed=2, probs=False)[0]
+    sal = xailab.explain(lin, x, 1, method="rise", n_masks=n, cell=4, p=p, seed=2, output="logit")[0]
     m = P.rise_masks(n, h, cell=4, p=p, seed=2).view(n, -1).double()
     w = lin[1].weight[1].detach().double().view(3, -1)
     v = (w * x.double().view(3, -1)).sum(0)
@@ -185,8 +185,8 @@ def test_lime_matches_lime_package_seeded_and_on_object(net, imgs, small_objects
     i = small_objects[0]
     x, t = imgs.images([i]), int(imgs.labels[i])
     seg = P.superpixels(x)
-    heat, (exp,) = xailab.explain(net, x, t, method="lime", n_samples=300, seed=3, segmentation=seg,
-                                  return_explanations=True)
+    heat, (exp,) = P.lime_explanations(net, x, t, n_samples=300, seed=3, segmentation=seg)
+    assert torch.equal(heat, xailab.explain(net, x, t, method="lime", n_samples=300, seed=3, segmentation=seg))
     assert heat.shape == (1, 64, 64)
     # the same call on the lime package directly
     fn = P._image_batch_fn(net, x.device, x.dtype, t, 100, all_classes=True)

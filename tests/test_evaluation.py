@@ -146,10 +146,7 @@ def test_shortcut_exposure_separates_the_shortcut_model(shapesnet):
     assert on_shortcut["mass"] > 2 * on_shortcut["area"] and on_shortcut["mass"] > on_clean["mass"]
 
 
-CHEAP = {"occlusion": dict(window=16, stride=16), "rise": dict(n_masks=32), "lime": dict(n_samples=40),
-         "kernel_shap": dict(n_samples=40), "smoothgrad": dict(n_samples=4),
-         "integrated_gradients": dict(n_steps=8),
-         "anchors": dict(n_samples=8, n_confirm=16, confirm_rounds=1, n_coverage=20, max_size=1)}
+CHEAP = {name: xailab.attribution.get_method(name).cheap for name in xailab.methods()}
 
 
 def test_comparison_table_covers_every_registered_method(shapesnet, shapes_batch):

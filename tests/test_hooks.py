@@ -137,10 +137,8 @@ def test_only_hooks_module_registers_hooks():
 
 
 def _cheap_options(name):
-    # the perturbation family is slow on big models; small settings keep the sweep quick
-    return {"occlusion": dict(window=16, stride=16), "rise": dict(n_masks=16),
-            "smoothgrad": dict(n_samples=2), "integrated_gradients": dict(steps=4),
-            "scorecam": dict(batch_size=64)}.get(name, {})
+    # slow methods on big models: the registry's quick settings keep the sweep short
+    return xailab.attribution.get_method(name).cheap
 
 
 def _methods_for(model_name):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -223,48 +222,5 @@ def load_torchvision(arch: str, weights=None, num_classes: int | None = None) ->
     return wrapped.eval()
 
 
-# ----------------------------------------------------------------------------- fast forward passes
-_INFERENCE_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-_PURE_MODULES = ("torch.nn.", "torchvision.", "xailab.models")   # forwards without side effects
-
-
-def _state_signature(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is replaced or modified in place."""
-    return tuple((t.data_ptr(), t._version, t.device.type)
-                 for t in list(model.parameters()) + list(model.buffers()))
-
-
-def inference_copy(model: nn.Module) -> nn.Module:
-    """What to run for many forward passes without gradients (perturbation methods,
-    Score-CAM, deletion curves): a cached copy of an eval-mode ``model`` with every
-    BatchNorm folded into the convolution before it and in-place ReLUs; the same outputs
-    up to float rounding (about 1e-7 relative), about 1.5x faster on the CPU.
-
-    Returns ``model`` itself when a copy could behave differently: gradients are enabled,
-    the model is in training mode, it carries hooks (a hook must see every pass), one of
-    its modules is not a torch, torchvision or xailab class (its forward might count calls,
-    print or keep state, which a traced copy would not do), or torch.fx cannot trace it.
-    The copy is rebuilt when any weight changes."""
-    from torch.fx.experimental.optimization import fuse
-
-    from . import hooks
-    if torch.is_grad_enabled() or model.training or hooks.count_hooks(model):
-        return model
-    if not all(type(m).__module__.startswith(_PURE_MODULES) and "forward" not in vars(m)
-               for m in model.modules()):                # (a forward patched onto an instance counts)
-        return model
-    signature = _state_signature(model)
-    cached = _INFERENCE_COPIES.get(model)
-    if cached is not None and cached[0] == signature:
-        return cached[1] or model
-    try:
-        copy = fuse(model, inplace=False)
-    except Exception:                       # not traceable (data-dependent control flow, ...)
-        copy = None                         # (never store the model itself: it is the weak key)
-    else:
-        for m in copy.modules():
-            if isinstance(m, nn.ReLU):
-                m.inplace = True
-        copy.eval().requires_grad_(False)
-    _INFERENCE_COPIES[model] = (signature, copy)
-    return copy or model
+# the fast inference copy lives with the other runtime helpers; models.inference_copy stays
+from .runtime import inference_copy  # noqa: E402,F401

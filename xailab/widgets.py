@@ -35,8 +35,6 @@ import torch.nn.functional as F
 from . import hooks, viz
 from .attribution import explain, get_method, methods
 
-SLOW = {"perturbation"}            # families computed with a progress line
-SLOW_METHODS = {"scorecam"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -203,7 +201,7 @@ class _Widget:
 
     def _explain(self, x, target, method, gen, **options):
         """``xailab.explain`` with a progress line and cancellation at each forward pass."""
-        slow = get_method(method).family in SLOW or method in SLOW_METHODS
+        slow = get_method(method).cost == "slow"
         passes = [0]
         me = threading.get_ident()
 
@@ -254,7 +252,7 @@ def _layer_options(model):
 
 
 def _needs_layer(method: str) -> bool:
-    return get_method(method).family == "cam"
+    return get_method(method).layer
 
 
 def _options(method: str, layer: str) -> dict:

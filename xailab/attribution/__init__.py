@@ -1,55 +1,136 @@
 """All attribution methods behind one registry: ``xailab.explain(model, x, method=...)``.
 
-A method is a function ``fn(model, x, target, **options) -> Tensor`` registered
-with ``@register(name, ...)``. ``explain`` checks the input, resolves the target
-(None: the predicted class), and runs the method under ``hooks.preserved`` so
-the model's modes and flags come back unchanged, even when the method raises.
+A method is a bare function ``fn(model, x, target, **options)`` registered with
+``@register(name, family, ...)``. The registry is the one place that wraps it: the
+wrapper refuses while a lab check forbids the method (``xailab.solving``), checks the
+input, validates the target (None: the method uses the predicted class), checks the
+option names, and runs the method in eval mode with its parameters frozen under
+``hooks.frozen``, so the model's modes and flags come back unchanged, even when the
+method raises. Methods that return channels [N,C,H,W] name a default ``reduce``;
+the wrapper applies ``reduce`` once (``reduce=None`` keeps the channels).
+
+``register`` returns the wrapped function, so a direct call such as
+``xailab.attribution.saliency.gradient(model, x)`` takes the same path as ``explain``.
+One option vocabulary holds for every method: ``target``, ``batch_size`` (images
+per forward pass, where a method batches), ``seed`` (where it samples, default 0),
+``n_steps``, ``baseline``, ``output`` ("logit" or "probability", where a method
+scores perturbed images) and ``reduce``. The older names (``internal_batch_size``,
+``steps``, ``hide_color``, ``probs``) still work for one release, with a warning.
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import functools
+import inspect
+import warnings
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
 from .. import hooks
-from ..solving import solves
+from ..solving import refuse
+
+FAMILY_ORDER = ("gradient", "cam", "perturbation")      # the order of methods() (then registration)
+ALIASES = {"internal_batch_size": "batch_size", "steps": "n_steps", "hide_color": "baseline"}
 
 
 @dataclass
 class Method:
+    """A registered method and what callers need to know about it."""
     name: str
-    fn: Callable
+    fn: Callable                       # the bare method, called by ``run`` only
     family: str
     summary: str
     reference: str
+    layer: bool = False                # takes ``layer=`` (the CAM family)
+    cost: str = "fast"                 # "slow": many forward passes (widgets show progress)
+    cheap: dict = field(default_factory=dict)   # options for a quick, rough run (tests, widgets)
+    reduce: str | None = None          # default reduction of a [N,C,H,W] result; None: [N,H,W]
+    index: int = 0                     # registration order within the family
+
+    @property
+    def options(self) -> list[str]:
+        """The option names the method accepts (besides model, x, target)."""
+        names = list(inspect.signature(self.fn).parameters)[3:]
+        return names + (["reduce"] if self.reduce is not None else [])
+
+    def run(self, model: nn.Module, x: torch.Tensor, target=None, fn: Callable | None = None, **options):
+        """The one entry path: refuse in a lab check, check input, target and options,
+        run ``fn`` (default: the method) in eval mode with everything restored, reduce."""
+        refuse(self.name)
+        if self.reduce is None and options.get("reduce") is not None:
+            raise TypeError(f"{self.name} returns one map per image [N,H,W]; it takes no reduce=")
+        reduce = options.pop("reduce", self.reduce)
+        options = self._renamed(options)
+        if not (reduce is None or callable(reduce) or reduce in REDUCTIONS):
+            raise ValueError(f"unknown reduce={reduce!r}; choose one of {list(REDUCTIONS)} or None")
+        check_input(x, model)
+        with hooks.frozen(model):
+            if target is not None:
+                target = resolve_target(model, x, target)
+            out = (fn or self.fn)(model, x, target, **options)
+        return out if self.reduce is None else reduce_channels(out, reduce)
+
+    def _renamed(self, options: dict) -> dict:
+        """Old option names mapped to the common vocabulary (with a warning); unknown
+        names get a clear error listing close matches."""
+        out = {}
+        for key, value in options.items():
+            if key == "probs":
+                warnings.warn("probs= is deprecated: use output='probability' or output='logit'",
+                              DeprecationWarning, stacklevel=4)
+                key, value = "output", "probability" if value else "logit"
+            elif key in ALIASES and ALIASES[key] in self.options:
+                warnings.warn(f"{key}= is deprecated: use {ALIASES[key]}=", DeprecationWarning, stacklevel=4)
+                key = ALIASES[key]
+            if key not in self.options:
+                close = difflib.get_close_matches(key, self.options, n=2, cutoff=0.5)
+                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise TypeError(f"{self.name} has no option {key!r}.{hint} Its options: "
+                                f"{', '.join(self.options) or 'none'}")
+            out[key] = value
+        return out
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, family: str, summary: str, reference: str = ""):
-    """Decorator: add ``fn(model, x, target, **options)`` to the registry as ``name``.
-    The function refuses to run while a lab check forbids ``name`` (``xailab.solving``)."""
+def register(name: str, family: str, summary: str, reference: str = "", **about):
+    """Decorator: add ``fn(model, x, target, **options)`` to the registry as ``name``
+    (``about``: the Method's ``layer``, ``cost``, ``cheap`` and ``reduce``). Returns
+    the wrapped function, which takes the same path as ``explain``."""
     def deco(fn):
-        fn = solves(name)(fn)
-        _REGISTRY[name] = Method(name, fn, family, summary, reference)
-        return fn
+        index = sum(m.family == family for m in _REGISTRY.values())
+        method = Method(name, fn, family, summary, reference, index=index, **about)
+        _REGISTRY[name] = method
+
+        @functools.wraps(fn)
+        def public(model, x, target=None, **options):
+            return method.run(model, x, target, **options)
+        public.method = method
+        return public
     return deco
 
 
+def _family_rank(m: Method) -> tuple:
+    order = FAMILY_ORDER.index(m.family) if m.family in FAMILY_ORDER else len(FAMILY_ORDER)
+    return order, m.family, m.index
+
+
 def methods(family: str | None = None) -> list[str]:
-    """Names of every registered attribution method (optionally of one family)."""
-    return [n for n, m in _REGISTRY.items() if family is None or m.family == family]
+    """Names of every registered attribution method (optionally of one family), in the
+    course's family order."""
+    ordered = sorted(_REGISTRY.values(), key=_family_rank)
+    return [m.name for m in ordered if family is None or m.family == family]
 
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(_REGISTRY)}")
+        raise ValueError(f"unknown method {name!r}.{hint} Available: {', '.join(methods())}")
     return _REGISTRY[name]
 
 
@@ -136,6 +217,7 @@ def _abs_max(a):
 
 REDUCTIONS = {
     "abs_max": _abs_max,                       # default: max over channels of |attribution|
+    "mean": lambda a: a.mean(1),
     "abs_sum": lambda a: a.abs().sum(1),
     "sum": lambda a: a.sum(1),
     "l2": lambda a: a.pow(2).sum(1).sqrt(),
@@ -162,19 +244,8 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradc
     Explanations are computed in eval mode (dropout off, BatchNorm statistics frozen);
     the model comes back exactly as it was: hooks, modes, flags, parameters.
     """
-    m = get_method(method)
-    check_input(x, model)
-    with hooks.preserved(model):
-        model.eval()
-        return m.fn(model, x, target, **options)
+    return get_method(method).run(model, x, target, **options)
 
 
-# methods register themselves on import (modules added by the lectures' issues)
-import importlib as _importlib
-
-for _mod in ("saliency", "cam", "perturbation", "anchors"):
-    try:
-        _importlib.import_module(f"{__name__}.{_mod}")
-    except ModuleNotFoundError as _err:
-        if _err.name != f"{__name__}.{_mod}":
-            raise
+# every family registers its methods on import; methods() orders them by FAMILY_ORDER
+from . import anchors, cam, perturbation, saliency  # noqa: E402,F401

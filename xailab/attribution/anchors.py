@@ -3,7 +3,7 @@
 An anchor is a set A of superpixels that "anchors" the prediction: whatever
 happens to the other superpixels, the model keeps its answer with high
 probability. Formally, with D(z | A) the perturbations that keep every
-superpixel of A and switch each other superpixel off (``hide_color``) with
+superpixel of A and switch each other superpixel off (``baseline``) with
 probability 1 - ``p_keep``:
 
     precision(A) = P_{z ~ D(z|A)} [ argmax f(z) = label ]      (must reach ``threshold``)
@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..models import inference_copy
+from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
 from . import register, resolve_target
-from .perturbation import (_hide_image, _positive_int, _segments_for, _superpixel_fill, black_box,
-                           default_batch_size, fast_layout)
+from .perturbation import _hide_image, _segments_for, _superpixel_fill
 
 __all__ = ["Anchor", "anchor_explanation", "anchors", "kl_lower_bound", "kl_upper_bound"]
 
@@ -89,31 +88,24 @@ def kl_upper_bound(p_hat: float, n: int, delta: float = 0.1) -> float:
     return _kl_bound(p_hat, n, delta, upper=True)
 
 
-def anchor_explanation(model: nn.Module, x: torch.Tensor, target=None, threshold: float = 0.95,
-                       beam_size: int = 2, max_size: int | None = None, n_samples: int = 24,
-                       n_confirm: int = 64, confirm_rounds: int = 3, n_coverage: int = 1000, p_keep: float = 0.5,
-                       delta: float = 0.1, seed: int = 0, segmentation="quickshift",
-                       segment_options: dict | None = None, hide_color=0.0,
-                       batch_size: int | None = None) -> Anchor:
+def anchor_explanation(model: nn.Module, x: torch.Tensor, target=None, **options) -> Anchor:
     """Find an anchor for one image ``x`` ([3,H,W] or [1,3,H,W]); see the module docstring.
 
     ``target`` (default: the predicted class) is the label the anchor must hold.
-    Cost: about (candidates per round) * ``n_samples`` + a few * ``n_confirm``
-    forward passes per round; ``Anchor.forward_passes`` reports the total.
+    Options as for ``anchors``. Cost: about (candidates per round) * ``n_samples`` + a
+    few * ``n_confirm`` forward passes per round; ``Anchor.forward_passes`` reports the total.
     """
     if isinstance(x, torch.Tensor) and x.dim() == 3:
         x = x[None]
-    return _anchor_search(model, x, target, threshold=threshold, beam_size=beam_size, max_size=max_size,
-                          n_samples=n_samples, n_confirm=n_confirm, confirm_rounds=confirm_rounds,
-                          n_coverage=n_coverage, p_keep=p_keep, delta=delta, seed=seed,
-                          segmentation=segmentation, segment_options=segment_options,
-                          hide_color=hide_color, batch_size=batch_size)
+    return anchors.method.run(model, x, target, fn=_anchor_search, **options)
 
 
-@black_box
-def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, n_confirm,
-                   confirm_rounds, n_coverage, p_keep, delta, seed, segmentation, segment_options,
-                   hide_color, batch_size) -> Anchor:
+def _anchor_search(model, x, target=None, threshold: float = 0.95, beam_size: int = 2,
+                   max_size: int | None = None, n_samples: int = 24, n_confirm: int = 64,
+                   confirm_rounds: int = 3, n_coverage: int = 1000, p_keep: float = 0.5,
+                   delta: float = 0.1, seed: int = 0, segmentation="quickshift",
+                   segment_options: dict | None = None, baseline=0.0,
+                   batch_size: int | None = None) -> Anchor:
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise ValueError(f"anchor_explanation explains one image; got {x.shape[0]} "
@@ -123,16 +115,16 @@ def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, 
         raise ValueError(f"threshold (the precision an anchor must reach) must be in (0, 1), got {threshold}")
     if not 0.0 < p_keep < 1.0:
         raise ValueError(f"p_keep must be in (0, 1), got {p_keep}")
-    beam_size = _positive_int(beam_size, "beam_size")
-    n_samples = _positive_int(n_samples, "n_samples")
-    n_confirm = _positive_int(n_confirm, "n_confirm")
-    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    beam_size = positive_int(beam_size, "beam_size")
+    n_samples = positive_int(n_samples, "n_samples")
+    n_confirm = positive_int(n_confirm, "n_confirm")
+    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
     label = int(resolve_target(model, x[None], target)[0])
     seg_np = _segments_for(x[None], segmentation, seed, segment_options)[0]
     seg = torch.from_numpy(seg_np).to(x.device)
     k = int(seg.max()) + 1
     max_size = k if max_size is None else min(int(max_size), k)
-    fill = _superpixel_fill(x, seg, _hide_image(x, hide_color))
+    fill = _superpixel_fill(x, seg, _hide_image(x, baseline))
     gen = torch.Generator().manual_seed(int(seed))
     stats: dict[frozenset, list] = {}          # anchor -> [hits, samples]
     passes = [0]
@@ -225,13 +217,21 @@ def _anchor_search(model, x, target, threshold, beam_size, max_size, n_samples, 
 @register("anchors", "perturbation",
           "the smallest set of superpixels that keeps the prediction with high precision "
           "whatever happens to the rest (heatmap: 1 on the anchor)",
-          "Ribeiro, Singh & Guestrin 2018, Anchors: High-Precision Model-Agnostic Explanations, AAAI")
-@black_box
-def anchors(model: nn.Module, x: torch.Tensor, target=None, **options) -> torch.Tensor:
+          "Ribeiro, Singh & Guestrin 2018, Anchors: High-Precision Model-Agnostic Explanations, AAAI",
+          cost="slow", cheap=dict(n_samples=8, n_confirm=16, confirm_rounds=1, n_coverage=20, max_size=1))
+def anchors(model: nn.Module, x: torch.Tensor, target=None, threshold: float = 0.95, beam_size: int = 2,
+            max_size: int | None = None, n_samples: int = 24, n_confirm: int = 64,
+            confirm_rounds: int = 3, n_coverage: int = 1000, p_keep: float = 0.5, delta: float = 0.1,
+            seed: int = 0, segmentation="quickshift", segment_options: dict | None = None,
+            baseline=0.0, batch_size: int | None = None) -> torch.Tensor:
     """Anchor masks as a heatmap FloatTensor[N,H,W] (1 on the anchor, 0 elsewhere).
 
-    Options as in ``anchor_explanation``, which also reports precision and coverage.
+    ``anchor_explanation`` finds the same anchors and also reports precision and coverage.
     """
+    options = dict(threshold=threshold, beam_size=beam_size, max_size=max_size, n_samples=n_samples,
+                   n_confirm=n_confirm, confirm_rounds=confirm_rounds, n_coverage=n_coverage,
+                   p_keep=p_keep, delta=delta, seed=seed, segmentation=segmentation,
+                   segment_options=segment_options, baseline=baseline, batch_size=batch_size)
     target = resolve_target(model, x, target)
-    return torch.stack([anchor_explanation(model, x[i], target[i:i + 1], **options).mask.to(x.dtype)
+    return torch.stack([_anchor_search(model, x[i:i + 1], target[i:i + 1], **options).mask.to(x.dtype)
                         for i in range(x.shape[0])])

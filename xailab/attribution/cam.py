@@ -26,7 +26,6 @@ upsampled to the input size.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -34,23 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
 from ..solving import solves
-from ..models import inference_copy
-from . import check_input, register, resolve_target
+from . import register, resolve_target
 
-
-def _public(fn):
-    """For direct calls such as ``cam.gradcam(model, x)``: check the input and run ``fn``
-    in eval mode, putting the model's modes, flags and in-place ReLUs back afterwards,
-    also when it raises. Used above ``@register``, so the registry keeps the bare
-    function: ``explain`` does the same checks and would otherwise do them twice."""
-    @functools.wraps(fn)
-    def wrapper(model, x, target=None, *args, **kwargs):
-        check_input(x, model)
-        with hooks.preserved(model):
-            model.eval()
-            return fn(model, x, target, *args, **kwargs)
-    return wrapper
+CAM = dict(layer=True)                  # every method here takes layer= and returns [N,H,W]
 
 
 class CAMNotApplicableError(ValueError):
@@ -162,10 +149,10 @@ def gap_linear_weights(model: nn.Module, p: LayerPass) -> torch.Tensor:
         "head and equals CAM up to a positive factor where CAM applies.")
 
 
-@_public
 @register("cam", "cam", "class activation map: the class's linear weights applied to the last "
           "feature maps (conv -> GAP -> linear models only)",
-          "Zhou, Khosla, Lapedriza, Oliva & Torralba 2016, CVPR")
+          "Zhou, Khosla, Lapedriza, Oliva & Torralba 2016, CVPR", **CAM)
+
 def cam(model, x, target=None, layer=None, upsample=True, relu=False):
     """M_c = sum_k w_k^c A_k with w^c the class's row of the linear layer after GAP.
 
@@ -179,9 +166,9 @@ def cam(model, x, target=None, layer=None, upsample=True, relu=False):
 
 # ---------------------------------------------------------------- gradient-weighted maps
 
-@_public
 @register("gradcam", "cam", "ReLU of the feature maps weighted by their spatially averaged gradients",
-          "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017, ICCV")
+          "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017, ICCV", **CAM)
+
 def gradcam(model, x, target=None, layer=None, upsample=True, relu=True):
     """L = ReLU(sum_k alpha_k A_k), alpha_k = mean_ij dy^c/dA_k(ij)."""
     p = layer_pass(model, x, target, layer)
@@ -202,20 +189,20 @@ def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> to
     return (alpha * g.clamp_min(0)).sum((2, 3))
 
 
-@_public
 @register("gradcam_pp", "cam", "Grad-CAM with pixel-wise weighted positive gradients (better for "
           "several instances of a class)",
-          "Chattopadhyay, Sarkar, Howlader & Balasubramanian 2018, WACV")
+          "Chattopadhyay, Sarkar, Howlader & Balasubramanian 2018, WACV", **CAM)
+
 def gradcam_pp(model, x, target=None, layer=None, upsample=True, relu=True, eps=0.0):
     p = layer_pass(model, x, target, layer)
     w = gradcam_pp_weights(p.activations, p.gradients, eps)
     return finish(weighted_sum(p.activations, w, relu), x, upsample)
 
 
-@_public
 @register("hirescam", "cam", "element-wise gradient x activation summed over channels (no averaging, "
           "so the map shows the positions the score actually used)",
-          "Draelos & Carin 2020, arXiv:2011.08891")
+          "Draelos & Carin 2020, arXiv:2011.08891", **CAM)
+
 def hirescam(model, x, target=None, layer=None, upsample=True, relu=True):
     p = layer_pass(model, x, target, layer)
     return finish(weighted_sum(p.activations, p.gradients, relu), x, upsample)
@@ -227,9 +214,8 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     """Class score of each image masked by each of its normalised, upsampled channels:
     [N,C]. Masks are built batch by batch (never all N*C images at once); channels
     that are constant give an all-zero mask and share one forward pass."""
-    from .perturbation import _positive_int, default_batch_size, fast_layout   # (late: keeps the registry order)
     n, c = a.shape[:2]
-    batch_size = default_batch_size(x) if batch_size is None else _positive_int(batch_size, "batch_size")
+    batch_size = default_batch_size(x) if batch_size is None else positive_int(batch_size, "batch_size")
     lo, hi = a.amin((2, 3)), a.amax((2, 3))
     scores = torch.empty(n, c, device=x.device, dtype=x.dtype)
     flat = (hi > lo).reshape(-1)
@@ -250,10 +236,10 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     return scores
 
 
-@_public
 @register("scorecam", "cam", "gradient-free: each channel weighted by the class score of the image "
           "masked with that channel (softmax over channels)",
-          "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu 2020, CVPR Workshops")
+          "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu 2020, CVPR Workshops", cost="slow", **CAM)
+
 def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_size=None,
              align_corners=False):
     """L = ReLU(sum_k softmax_k(f^c(x * s(Up(A_k)))) A_k), s = min-max scaling to [0, 1].
@@ -270,17 +256,15 @@ def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_
 
 # ---------------------------------------------------------------- guided Grad-CAM
 
-@_public
 @register("guided_gradcam", "cam", "guided backpropagation multiplied by the upsampled Grad-CAM map: "
           "fine detail, class-discriminative",
-          "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017, ICCV")
-def guided_gradcam(model, x, target=None, layer=None, reduce="abs_max"):
+          "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra 2017, ICCV", layer=True, reduce="abs_max")
+
+def guided_gradcam(model, x, target=None, layer=None):
     """Guided backprop [N,3,H,W] times Grad-CAM upsampled to the input size;
     ``reduce`` collapses the colour channels (``None``: keep [N,3,H,W])."""
-    from . import reduce_channels
     from .saliency import guided_backprop
 
     p = layer_pass(model, x, target, layer)
     heat = finish(weighted_sum(p.activations, p.gradients.mean((2, 3))), x, True)
-    guided = guided_backprop(model, x, p.target, reduce=None)
-    return reduce_channels(guided * heat[:, None], reduce)
+    return guided_backprop(model, x, p.target, reduce=None) * heat[:, None]

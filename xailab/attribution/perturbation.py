@@ -20,36 +20,31 @@ Anchors (Ribeiro et al. 2018) live in ``xailab.attribution.anchors``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hooks
-from ..models import inference_copy
+from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
 from ..solving import solves
-from . import REDUCTIONS, check_input, reduce_channels, register, resolve_target
+from . import register, resolve_target
 
-__all__ = ["occlusion", "occlusion_windows", "rise", "rise_masks", "lime", "kernel_shap",
-           "superpixels", "target_scores"]
+__all__ = ["occlusion", "occlusion_windows", "rise", "rise_masks", "lime", "lime_explanations",
+           "kernel_shap", "superpixels", "target_scores"]
 
 
 # ----------------------------------------------------------------------------- helpers
-def black_box(fn):
-    """Run a method on a checked input with the model in eval mode (a model in train
-    mode would make BatchNorm mix the perturbed images and update its running
-    statistics); the model's modes and flags are restored afterwards."""
-    @functools.wraps(fn)
-    def wrapper(model, x, target=None, **options):
-        check_input(x, model)
-        with hooks.preserved(model):
-            model.eval()
-            return fn(model, x, target, **options)
-    return wrapper
+OUTPUTS = ("logit", "probability")
+
+
+def _probs(output: str) -> bool:
+    """True for output="probability", False for "logit"; anything else is an error."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be 'logit' or 'probability', got {output!r}")
+    return output == "probability"
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -65,34 +60,10 @@ def _pair(v, name: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def _positive_int(v, name: str, hint: str = "") -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive whole number, got {v!r}{hint}")
-    return int(v)
-
-
-def _targets(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
-    return resolve_target(model, x, target)
-
-
-def fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """Image batches in channels-last memory layout on the CPU, where oneDNN's
-    convolutions run them 1.5-2x faster (same values up to float rounding)."""
-    if x.device.type == "cpu" and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def default_batch_size(x: torch.Tensor) -> int:
-    """Images per forward pass: 32 on the CPU (larger batches overflow the caches and run
-    slower per image), 256 on an accelerator."""
-    return 32 if x.device.type == "cpu" else 256
-
-
-def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool = False) -> torch.Tensor:
+def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, output: str = "logit") -> torch.Tensor:
     """The model's score for ``target[i]`` on image ``x[i]``: a logit, or with
-    ``probs=True`` a softmax probability. Returns FloatTensor[N]."""
-    return _scores(inference_copy(model), x, target, probs)
+    ``output="probability"`` a softmax probability. Returns FloatTensor[N]."""
+    return _scores(inference_copy(model), x, target, _probs(output))
 
 
 def _scores(net: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool) -> torch.Tensor:
@@ -191,7 +162,7 @@ def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs
     p = masks.shape[0]
     b = _baseline(baseline, x)
     with torch.no_grad():
-        base = target_scores(model, x, target, probs)                     # [N]
+        base = _scores(inference_copy(model), x, target, probs)           # [N]
         drops = base[:, None] - _pair_scores(
             model, x, target, p, batch_size=batch_size, probs=probs,
             make=lambda img, pos: torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img]))
@@ -203,15 +174,15 @@ def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs
 @register("occlusion", "perturbation",
           "slide a grey/black window over the image; a pixel scores the average drop of the "
           "target logit over the windows that cover it",
-          "Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks, ECCV")
-@black_box
+          "Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks, ECCV",
+          cost="slow", reduce="mean", cheap=dict(window=16, stride=16))
 def occlusion(model: nn.Module, x: torch.Tensor, target=None, window=8, stride=4, baseline=0.0,
-              batch_size: int | None = None, reduce="mean", probs: bool = False) -> torch.Tensor:
+              batch_size: int | None = None, output: str = "logit") -> torch.Tensor:
     """Occlusion sensitivity.
 
     For every position of a ``window`` x ``window`` patch (moved by ``stride``;
     see ``occlusion_windows``) the patch is set to ``baseline`` on all channels
-    and the drop ``f_t(x) - f_t(x_occluded)`` of the target logit (``probs=True``:
+    and the drop ``f_t(x) - f_t(x_occluded)`` of the target logit (``output="probability"``:
     probability) is spread over the patch; each pixel gets the average drop of
     the windows that cover it. ``batch_size`` occluded images share a forward
     pass (default: 32 on the CPU, 256 on a GPU): ``ceil(N * positions /
@@ -223,22 +194,13 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, window=8, stride=4
     sliding_window_shapes=(C, window, window), strides=(C, stride, stride),
     baselines=baseline)``. Positive: hiding the pixel lowers the score.
     """
-    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
-    target = _targets(model, x, target)
-    heat = _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs)
-    if reduce == "mean":
-        return heat
-    full = heat.unsqueeze(1).expand(-1, x.shape[1], -1, -1).contiguous()
-    if reduce is not None and not callable(reduce) and reduce not in REDUCTIONS:
-        raise ValueError(f"unknown reduce={reduce!r}; choose 'mean', one of {list(REDUCTIONS)} or None")
-    return reduce_channels(full, reduce)
+    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    target = resolve_target(model, x, target)
+    heat = _occlusion_raw(model, x, target, window, stride, baseline, batch_size, _probs(output))
+    return heat.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
 
 
 # ----------------------------------------------------------------------------- RISE
-_MASKS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
-_MASK_CACHE_SIZE = 6
-
-
 @solves("perturbation.rise_masks")
 def rise_masks(n_masks: int = 1000, size=64, cell=8, p: float = 0.5, seed: int = 0,
                device=None) -> torch.Tensor:
@@ -251,7 +213,7 @@ def rise_masks(n_masks: int = 1000, size=64, cell=8, p: float = 0.5, seed: int =
     in the same place). Masks depend only on (n_masks, size, cell, p, seed) and
     are made once and cached (the same tensor object is returned again).
     """
-    n_masks = _positive_int(n_masks, "n_masks", " (RISE needs at least one mask; try 1000)")
+    n_masks = positive_int(n_masks, "n_masks", " (RISE needs at least one mask; try 1000)")
     h, w = _pair(size, "size")
     ch, cw = _pair(cell, "cell")
     if ch < 1 or cw < 1:
@@ -262,31 +224,27 @@ def rise_masks(n_masks: int = 1000, size=64, cell=8, p: float = 0.5, seed: int =
     if not 0.0 < float(p) <= 1.0:
         raise ValueError(f"p (probability that a cell is kept) must be in (0, 1], got {p!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    key = (n_masks, h, w, ch, cw, float(p), int(seed), str(device))
-    if key in _MASKS:
-        _MASKS.move_to_end(key)
-        return _MASKS[key]
-    cpu_key = key[:-1] + ("cpu",)
-    if cpu_key in _MASKS:
-        masks = _MASKS[cpu_key].to(device)
-    else:
-        gen = torch.Generator().manual_seed(int(seed))
-        rows, cols = math.ceil(h / ch), math.ceil(w / cw)
-        grid = (torch.rand(n_masks, 1, rows, cols, generator=gen) < p).float()
-        dy = torch.randint(0, ch, (n_masks,), generator=gen)
-        dx = torch.randint(0, cw, (n_masks,), generator=gen)
-        masks = torch.empty(n_masks, h, w)
-        for s in range(0, n_masks, 256):     # chunks keep the upsampled grids small
-            up = F.interpolate(grid[s:s + 256], size=((rows + 1) * ch, (cols + 1) * cw),
-                               mode="bilinear", align_corners=False)[:, 0]
-            k = torch.arange(up.shape[0])
-            yy = (dy[s:s + 256, None] + torch.arange(h)[None])[:, :, None]        # [k,H,1]
-            xx = (dx[s:s + 256, None] + torch.arange(w)[None])[:, None, :]        # [k,1,W]
-            masks[s:s + 256] = up[k[:, None, None], yy, xx]
-        masks = masks.to(device)
-    _MASKS[key] = masks
-    while len(_MASKS) > _MASK_CACHE_SIZE:
-        _MASKS.popitem(last=False)
+    return _masks_on(n_masks, h, w, ch, cw, float(p), int(seed), str(device))
+
+
+@lru_cache(maxsize=6)
+def _masks_on(n_masks, h, w, ch, cw, p, seed, device) -> torch.Tensor:
+    """``rise_masks`` on ``device``, made once (the CPU masks are made first, then moved)."""
+    if device != "cpu":
+        return _masks_on(n_masks, h, w, ch, cw, p, seed, "cpu").to(device)
+    gen = torch.Generator().manual_seed(seed)
+    rows, cols = math.ceil(h / ch), math.ceil(w / cw)
+    grid = (torch.rand(n_masks, 1, rows, cols, generator=gen) < p).float()
+    dy = torch.randint(0, ch, (n_masks,), generator=gen)
+    dx = torch.randint(0, cw, (n_masks,), generator=gen)
+    masks = torch.empty(n_masks, h, w)
+    for s in range(0, n_masks, 256):     # chunks keep the upsampled grids small
+        up = F.interpolate(grid[s:s + 256], size=((rows + 1) * ch, (cols + 1) * cw),
+                           mode="bilinear", align_corners=False)[:, 0]
+        k = torch.arange(up.shape[0])
+        yy = (dy[s:s + 256, None] + torch.arange(h)[None])[:, :, None]        # [k,H,1]
+        xx = (dx[s:s + 256, None] + torch.arange(w)[None])[:, None, :]        # [k,1,W]
+        masks[s:s + 256] = up[k[:, None, None], yy, xx]
     return masks
 
 
@@ -294,21 +252,22 @@ def rise_masks(n_masks: int = 1000, size=64, cell=8, p: float = 0.5, seed: int =
           "average of random smooth masks, each weighted by the class probability of the "
           "image seen through it",
           "Petsiuk, Das & Saenko 2018, RISE: Randomized Input Sampling for Explanation of "
-          "Black-box Models, BMVC")
-@black_box
+          "Black-box Models, BMVC", cost="slow", cheap=dict(n_masks=32))
 def rise(model: nn.Module, x: torch.Tensor, target=None, n_masks: int = 1000, cell=8, p: float = 0.5,
-         seed: int = 0, batch_size: int | None = None, probs: bool = True, baseline=0.0) -> torch.Tensor:
+         seed: int = 0, batch_size: int | None = None, output: str = "probability",
+         baseline=0.0) -> torch.Tensor:
     """RISE saliency: S_t(pixel) = 1 / (N p) * sum_i f_t(x * M_i + b * (1 - M_i)) M_i(pixel).
 
     ``M_i`` are ``rise_masks(n_masks, (H, W), cell, p, seed)`` (cached, shared by
-    all images); ``f_t`` is the softmax probability of the target (``probs=False``:
+    all images); ``f_t`` is the softmax probability of the target (``output="logit"``:
     the logit); ``b`` the ``baseline`` (0: black, as in the paper). Costs
     ``ceil(N * n_masks / batch_size)`` forward passes (plus one when target is None).
     Returns FloatTensor[N,H,W].
     """
-    n_masks = _positive_int(n_masks, "n_masks", " (RISE needs at least one mask; try 1000)")
-    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
-    target = _targets(model, x, target)
+    n_masks = positive_int(n_masks, "n_masks", " (RISE needs at least one mask; try 1000)")
+    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    target = resolve_target(model, x, target)
+    probs = _probs(output)
     n, _, h, w = x.shape
     masks = rise_masks(n_masks, (h, w), cell, p, seed, device=x.device).to(x.dtype)
     b = _baseline(baseline, x)
@@ -415,27 +374,41 @@ def _image_batch_fn(model, device, dtype, target: int, batch_size: int, probs: b
 @register("lime", "perturbation",
           "fit a weighted linear model on random on/off superpixel samples; a superpixel "
           "scores its coefficient (uses the lime package)",
-          "Ribeiro, Singh & Guestrin 2016, \"Why Should I Trust You?\", KDD")
-@black_box
+          "Ribeiro, Singh & Guestrin 2016, \"Why Should I Trust You?\", KDD",
+          cost="slow", cheap=dict(n_samples=40))
 def lime(model: nn.Module, x: torch.Tensor, target=None, n_samples: int = 1000, seed: int = 0,
-         segmentation="quickshift", segment_options: dict | None = None, hide_color=0.0,
-         kernel_width: float = 0.25, batch_size: int | None = None, return_explanations: bool = False):
+         segmentation="quickshift", segment_options: dict | None = None, baseline=0.0,
+         kernel_width: float = 0.25, batch_size: int | None = None) -> torch.Tensor:
     """LIME for images with ``lime.lime_image.LimeImageExplainer``.
 
     The image is cut into superpixels (``segmentation``: "quickshift", "slic",
     a callable image -> labels or a LongTensor[N,H,W] of labels); ``n_samples``
     random on/off patterns replace the switched-off superpixels with
-    ``hide_color`` (a number; ``None``: each superpixel's mean colour, lime's
+    ``baseline`` (a number; ``None``: each superpixel's mean colour, lime's
     default); a ridge regression weighted by the exponential kernel fits the
     target's probability. Each pixel gets the coefficient of its superpixel.
-    Deterministic for a given ``seed``. Returns FloatTensor[N,H,W]; with
-    ``return_explanations=True`` also the list of lime ``ImageExplanation``.
+    Deterministic for a given ``seed``. Returns FloatTensor[N,H,W];
+    ``lime_explanations`` also returns lime's ``ImageExplanation`` objects.
     """
+    return _lime(model, x, target, n_samples, seed, segmentation, segment_options, baseline,
+                 kernel_width, batch_size)[0]
+
+
+def lime_explanations(model: nn.Module, x: torch.Tensor, target=None, **options):
+    """``(heat [N,H,W], [lime ImageExplanation, ...])``: LIME as ``explain(...,
+    method="lime")`` computes it, with lime's own explanation objects (for
+    ``get_image_and_mask`` and the like). Options as for ``lime``."""
+    method = lime.method
+    return method.run(model, x, target, fn=lambda m, xx, t, **o: _lime(m, xx, t, **o), **options)
+
+
+def _lime(model, x, target, n_samples=1000, seed=0, segmentation="quickshift", segment_options=None,
+          baseline=0.0, kernel_width=0.25, batch_size=None):
     from lime.lime_image import LimeImageExplainer
 
-    n_samples = _positive_int(n_samples, "n_samples", " (LIME needs samples; try 1000)")
-    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
-    target = _targets(model, x, target)
+    n_samples = positive_int(n_samples, "n_samples", " (LIME needs samples; try 1000)")
+    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    target = resolve_target(model, x, target)
     segs = _segments_for(x, segmentation, seed, segment_options)
     heat, explanations = [], []
     with _quiet_lime_progress():
@@ -445,7 +418,7 @@ def lime(model: nn.Module, x: torch.Tensor, target=None, n_samples: int = 1000, 
             fn = _image_batch_fn(model, x.device, x.dtype, t, batch_size, all_classes=True)
             k = int(segs[i].max()) + 1
             exp = explainer.explain_instance(
-                _to_numpy_image(im), fn, labels=(t,), top_labels=None, hide_color=hide_color,
+                _to_numpy_image(im), fn, labels=(t,), top_labels=None, hide_color=baseline,
                 num_features=k, num_samples=n_samples, batch_size=batch_size,
                 segmentation_fn=lambda _img, s=segs[i]: s, random_seed=seed)
             weights = np.zeros(k)
@@ -453,8 +426,7 @@ def lime(model: nn.Module, x: torch.Tensor, target=None, n_samples: int = 1000, 
                 weights[seg_id] = wgt
             heat.append(_paint(segs[i], weights, x.device, x.dtype))
             explanations.append(exp)
-    heat = torch.stack(heat)
-    return (heat, explanations) if return_explanations else heat
+    return torch.stack(heat), explanations
 
 
 # ----------------------------------------------------------------------------- Kernel SHAP
@@ -478,24 +450,24 @@ def _superpixel_fill(image: torch.Tensor, segments: torch.Tensor, hide: torch.Te
     return fill
 
 
-def _hide_image(image: torch.Tensor, hide_color) -> torch.Tensor:
-    if hide_color is None:
-        raise ValueError("hide_color=None (mean colour) is only supported by lime; use a number")
-    return _baseline(hide_color, image.unsqueeze(0)).expand_as(image.unsqueeze(0))[0]
+def _hide_image(image: torch.Tensor, baseline) -> torch.Tensor:
+    if baseline is None:
+        raise ValueError("baseline=None (mean colour) is only supported by lime; use a number")
+    return _baseline(baseline, image.unsqueeze(0)).expand_as(image.unsqueeze(0))[0]
 
 
 @register("kernel_shap", "perturbation",
           "Shapley values of superpixels estimated by a weighted linear regression "
           "(uses shap's KernelExplainer)",
-          "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions, NeurIPS")
-@black_box
+          "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions, NeurIPS",
+          cost="slow", cheap=dict(n_samples=40))
 def kernel_shap(model: nn.Module, x: torch.Tensor, target=None, n_samples: int = 500, seed: int = 0,
-                segmentation="quickshift", segment_options: dict | None = None, hide_color=0.0,
-                batch_size: int | None = None, probs: bool = True, l1_reg=False) -> torch.Tensor:
+                segmentation="quickshift", segment_options: dict | None = None, baseline=0.0,
+                batch_size: int | None = None, output: str = "probability", l1_reg=False) -> torch.Tensor:
     """Kernel SHAP over superpixels with ``shap.KernelExplainer``.
 
-    A player is a superpixel; "absent" replaces it with ``hide_color``. The value
-    of a coalition z is the target's probability (``probs=False``: logit) on the
+    A player is a superpixel; "absent" replaces it with ``baseline``. The value
+    of a coalition z is the target's probability (``output="logit"``: logit) on the
     image with only z's superpixels present; the background is "all absent".
     shap samples ``n_samples`` coalitions with the Shapley kernel and solves the
     weighted regression, so the values add up to f(x) - f(all hidden)
@@ -504,15 +476,16 @@ def kernel_shap(model: nn.Module, x: torch.Tensor, target=None, n_samples: int =
     """
     import shap
 
-    n_samples = _positive_int(n_samples, "n_samples", " (Kernel SHAP needs samples; try 500)")
-    batch_size = _positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
-    target = _targets(model, x, target)
+    n_samples = positive_int(n_samples, "n_samples", " (Kernel SHAP needs samples; try 500)")
+    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    target = resolve_target(model, x, target)
+    probs = _probs(output)
     segs = _segments_for(x, segmentation, seed, segment_options)
     heat = []
     for i, im in enumerate(x):
         seg = torch.from_numpy(segs[i]).to(x.device)
         k = int(seg.max()) + 1
-        fill = _superpixel_fill(im, seg, _hide_image(im, hide_color))
+        fill = _superpixel_fill(im, seg, _hide_image(im, baseline))
         t = target[i:i + 1]
 
         def value(z: np.ndarray) -> np.ndarray:

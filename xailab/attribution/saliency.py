@@ -10,8 +10,9 @@ or, with ``reduce=None``, the raw attribution [N,C,H,W] as Captum's counterpart
 computes it (Saliency(abs=False), InputXGradient, NoiseTunnel, IntegratedGradients,
 GuidedBackprop, Deconvolution; the one difference is IG's trapezoid rule, see there).
 
-The model runs in eval mode with its parameters frozen (only input gradients are
-computed); ``hooks.preserved`` puts modes and flags back afterwards.
+The registry's wrapper runs every method in eval mode with the parameters frozen
+(only input gradients are computed) and applies ``reduce``; methods here return the
+raw attribution [N,C,H,W].
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ import torch
 from torch import nn
 
 from .. import hooks
+from ..runtime import positive_int
 from ..solving import solves
-from . import REDUCTIONS, reduce_channels, register, resolve_target
+from . import register, resolve_target
 
 
 @solves("saliency.input_gradients")
@@ -42,19 +44,11 @@ def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
 
 
 @contextlib.contextmanager
-def _prepared(model: nn.Module, x: torch.Tensor, target, reduce, relu_rule: str | None = None):
-    """Eval mode, frozen parameters, the target resolved and (guided backprop, DeconvNet)
-    the modified ReLU backward rule, all undone on exit; yields the LongTensor[N] target."""
-    if not (reduce is None or callable(reduce) or reduce in REDUCTIONS):
-        raise ValueError(f"unknown reduce={reduce!r}; choose one of {list(REDUCTIONS)} or None")
-    with hooks.frozen(model):
-        target = resolve_target(model, x, target)
-        if relu_rule is None:
-            yield target
-            return
-        _warn_functional_relus(model, x, relu_rule)
-        with hooks.modified_relu_backward(model, relu_rule):
-            yield target
+def _relu_rule(model: nn.Module, x: torch.Tensor, rule: str):
+    """The modified ReLU backward rule of guided backprop or DeconvNet for the body."""
+    _warn_functional_relus(model, x, rule)
+    with hooks.modified_relu_backward(model, rule):
+        yield
 
 
 _FUNCTIONAL = weakref.WeakKeyDictionary()   # model -> number of functional ReLU calls
@@ -89,39 +83,33 @@ def _gradient_sum(model, x, target, point, weights, batch_size, squared=False):
     return total
 
 
-def _positive_int(**kw):
-    for name, v in kw.items():
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+GRADIENT = dict(reduce="abs_max")       # every method here returns [N,C,H,W]
 
 
 @register("gradient", "gradient", "gradient of the class score w.r.t. the pixels",
-          "Simonyan, Vedaldi & Zisserman 2014, ICLR workshop")
-def gradient(model, x, target=None, abs=False, reduce="abs_max"):
+          "Simonyan, Vedaldi & Zisserman 2014, ICLR workshop", **GRADIENT)
+def gradient(model, x, target=None, abs=False):
     """Vanilla gradient. ``abs=True`` returns |gradient| (Captum's Saliency default)."""
-    with _prepared(model, x, target, reduce) as t:
-        g = input_gradients(model, x, t)
-    return reduce_channels(g.abs() if abs else g, reduce)
+    g = input_gradients(model, x, resolve_target(model, x, target))
+    return g.abs() if abs else g
 
 
 @register("gradient_x_input", "gradient", "gradient times the input, pixel by pixel",
-          "Shrikumar et al. 2016, arXiv:1605.01713")
-def gradient_x_input(model, x, target=None, reduce="abs_max"):
-    with _prepared(model, x, target, reduce) as t:
-        g = input_gradients(model, x, t)
-    return reduce_channels(g * x, reduce)
+          "Shrikumar et al. 2016, arXiv:1605.01713", **GRADIENT)
+def gradient_x_input(model, x, target=None):
+    return input_gradients(model, x, resolve_target(model, x, target)) * x
 
 
 @register("smoothgrad", "gradient", "gradient averaged over noisy copies of the input",
-          "Smilkov et al. 2017, ICML workshop")
-def smoothgrad(model, x, target=None, n_samples=25, noise=0.15, seed=None, squared=False,
-               internal_batch_size=64, reduce="abs_max"):
+          "Smilkov et al. 2017, ICML workshop", cheap=dict(n_samples=4), **GRADIENT)
+def smoothgrad(model, x, target=None, n_samples=25, noise=0.15, seed=0, squared=False, batch_size=64):
     """Mean gradient over ``n_samples`` copies x + e, e ~ N(0, sigma^2) with
     sigma = ``noise`` * (max - min of each image), as in the paper. ``squared=True``
     averages squared gradients (Captum's smoothgrad_sq). Noise is drawn one sample at a
     time as ``torch.randn(x.shape)`` from a generator seeded with ``seed`` (None: the
-    global generator), so results do not depend on ``internal_batch_size``."""
-    _positive_int(n_samples=n_samples, internal_batch_size=internal_batch_size)
+    global generator), so results do not depend on ``batch_size``."""
+    positive_int(n_samples, "n_samples")
+    positive_int(batch_size, "batch_size")
     if not noise >= 0:
         raise ValueError(f"noise is a fraction of the input range (e.g. 0.15), got {noise!r}")
     gen = None if seed is None else torch.Generator(x.device).manual_seed(int(seed))
@@ -131,9 +119,7 @@ def smoothgrad(model, x, target=None, n_samples=25, noise=0.15, seed=None, squar
         return x + sigma * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
 
     weights = torch.full((n_samples,), 1.0 / n_samples, dtype=torch.float64)
-    with _prepared(model, x, target, reduce) as t:
-        g = _gradient_sum(model, x, t, point, weights, internal_batch_size, squared)
-    return reduce_channels(g, reduce)
+    return _gradient_sum(model, x, resolve_target(model, x, target), point, weights, batch_size, squared)
 
 
 def ig_rule(rule: str, n_steps: int):
@@ -172,39 +158,38 @@ def _baseline_like(x, baseline):
 
 
 @register("integrated_gradients", "gradient", "gradients integrated along a path from a baseline",
-          "Sundararajan, Taly & Yan 2017, ICML")
+          "Sundararajan, Taly & Yan 2017, ICML", cheap=dict(n_steps=8), **GRADIENT)
 def integrated_gradients(model, x, target=None, baseline=None, n_steps=50, rule="gausslegendre",
-                         internal_batch_size=64, reduce="abs_max", steps=None):
+                         batch_size=64):
     """(x - baseline) * integral_0^1 grad f(baseline + a (x - baseline)) da, by the
     quadrature ``rule`` with ``n_steps`` points (``baseline`` default: black image).
     Attributions sum to about f(x) - f(baseline) (completeness). The defaults (50 steps,
     Gauss-Legendre) are Captum's; "left", "right", "middle" and "trapezoid" are the
-    Riemann rules. ``steps`` is an alias of ``n_steps``.
+    Riemann rules.
 
     Captum's ``riemann_trapezoid`` weights the points by 1/n instead of 1/(n-1), which
     scales its result by (n-1)/n; our trapezoid rule integrates exactly."""
-    n_steps = n_steps if steps is None else steps
-    _positive_int(n_steps=n_steps, internal_batch_size=internal_batch_size)
+    positive_int(n_steps, "n_steps")
+    positive_int(batch_size, "batch_size")
     alphas, weights = ig_rule(rule, n_steps)
     base = _baseline_like(x, baseline)
     delta = x - base
-    with _prepared(model, x, target, reduce) as t:
-        g = _gradient_sum(model, x, t, lambda k: base + float(alphas[k]) * delta, weights,
-                          internal_batch_size)
-    return reduce_channels(g * delta, reduce)
+    g = _gradient_sum(model, x, resolve_target(model, x, target),
+                      lambda k: base + float(alphas[k]) * delta, weights, batch_size)
+    return g * delta
 
 
 @register("guided_backprop", "gradient", "gradient with negative signals stopped at every ReLU",
-          "Springenberg et al. 2015, ICLR workshop")
-def guided_backprop(model, x, target=None, reduce="abs_max"):
-    with _prepared(model, x, target, reduce, relu_rule="guided") as t:
-        g = input_gradients(model, x, t)
-    return reduce_channels(g, reduce)
+          "Springenberg et al. 2015, ICLR workshop", **GRADIENT)
+def guided_backprop(model, x, target=None):
+    target = resolve_target(model, x, target)
+    with _relu_rule(model, x, "guided"):
+        return input_gradients(model, x, target)
 
 
 @register("deconvnet", "gradient", "backward pass that applies ReLU to the signal, not the input",
-          "Zeiler & Fergus 2014, ECCV")
-def deconvnet(model, x, target=None, reduce="abs_max"):
-    with _prepared(model, x, target, reduce, relu_rule="deconvnet") as t:
-        g = input_gradients(model, x, t)
-    return reduce_channels(g, reduce)
+          "Zeiler & Fergus 2014, ECCV", **GRADIENT)
+def deconvnet(model, x, target=None):
+    target = resolve_target(model, x, target)
+    with _relu_rule(model, x, "deconvnet"):
+        return input_gradients(model, x, target)

@@ -74,7 +74,7 @@ def check_occlusion(fn, verbose: bool = True) -> Report:
         want = ref()
         raw = call(report, fn, model, x[i].clone(), target, window=window, stride=stride, baseline=baseline)
         if raw is None and not report.passed:
-            break                      # it raised: the report says why, once                      # it raised or returned nothing: the report says why, once
+            break                      # it raised or returned nothing: the report says why, once
         got = _as_map(report, fn, raw, x[i], want.shape)
         if got is None:
             break
@@ -84,7 +84,7 @@ def check_occlusion(fn, verbose: bool = True) -> Report:
         if degenerate(report, got, want, inputs=(x[i].mean(0), x[i][0], x[i][1], x[i][2])):
             break
         c = _ratio(got, want)
-        probs = ref(probs=True)
+        probs = ref(output="probability")
         _, counts = occlusion_windows(x.shape[-2], x.shape[-1], window, stride)
         if c is not None and abs(c + 1) < 1e-3:
             report.fail(f"{what}: the sign is flipped: score the drop f(x) - f(occluded), so that "
@@ -220,7 +220,7 @@ def check_rise(fn, verbose: bool = True) -> Report:
         if degenerate(report, got, want, inputs=(x[i].mean(0), x[i][0], x[i][1], x[i][2])):
             break
         c = _ratio(got, want)
-        logits = ref(probs=False)
+        logits = ref(output="logit")
         if c is not None and abs(c - n_masks * p) < 1e-2 * n_masks * p:
             report.fail(f"{what}: your map is the plain weighted sum: normalise it by 1 / (N p) "
                         "(N masks, each pixel kept with probability p)")
