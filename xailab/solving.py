@@ -38,7 +38,7 @@ def solves(*topics: str):
         @functools.wraps(fn)
         def guarded(*args, **kwargs):
             for topic in topics:
-                refuse(topic, f"{fn.__module__.removeprefix('xailab.')}.{fn.__name__}")
+                refuse(topic)
             return fn(*args, **kwargs)
         guarded.solves = topics
         return guarded

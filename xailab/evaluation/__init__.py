@@ -1,0 +1,18 @@
+"""Measuring explanations, one module per question:
+
+- ``localisation``: boxes from maps (the CAM paper's protocol), pointing game,
+  relevance mass and rank against ground-truth masks;
+- ``faithfulness``: deletion and insertion curves;
+- ``robustness``: max-sensitivity;
+- ``sanity``: model and data randomisation, map similarities, shortcut exposure;
+- ``table``: the comparison table of every method on every model.
+
+Every name is available as ``xailab.evaluation.<name>``.
+"""
+from .faithfulness import _curve_auc, blurred, deletion, insertion  # noqa: F401
+from .localisation import (Box, box_from_map, box_iou, largest_region, localisation,  # noqa: F401
+                           localisation_accuracy, pointing_game, relevance_mass, relevance_rank)
+from .robustness import max_sensitivity, uniform_perturbation  # noqa: F401
+from .sanity import (SIMILARITIES, data_randomisation, hog_similarity, model_randomisation,  # noqa: F401
+                     parameter_layers, randomise, shortcut_exposure, spearman, ssim)
+from .table import comparison_table, format_table  # noqa: F401
