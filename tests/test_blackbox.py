@@ -10,6 +10,7 @@ from torch import nn
 import xailab
 from xailab import data, hooks, models
 from xailab.attribution import perturbation as P
+from xailab.attribution import superpixel as S
 from xailab.attribution.anchors import anchor_explanation, kl_lower_bound, kl_upper_bound
 
 
@@ -184,13 +185,13 @@ def test_lime_matches_lime_package_seeded_and_on_object(net, imgs, small_objects
 
     i = small_objects[0]
     x, t = imgs.images([i]), int(imgs.labels[i])
-    seg = P.superpixels(x)
-    heat, (exp,) = P.lime_explanations(net, x, t, n_samples=300, seed=3, segmentation=seg)
+    seg = S.superpixels(x)
+    heat, (exp,) = S.lime_explanations(net, x, t, n_samples=300, seed=3, segmentation=seg)
     assert torch.equal(heat, xailab.explain(net, x, t, method="lime", n_samples=300, seed=3, segmentation=seg))
     assert heat.shape == (1, 64, 64)
     # the same call on the lime package directly
-    fn = P._image_batch_fn(net, x.device, x.dtype, t, 100, all_classes=True)
-    with P._quiet_lime_progress():
+    fn = S._image_batch_fn(net, x.device, x.dtype, t, 100, all_classes=True)
+    with S._quiet_lime_progress():
         direct = LimeImageExplainer(random_state=3).explain_instance(
             x[0].permute(1, 2, 0).double().numpy(), fn, labels=(t,), top_labels=None, hide_color=0.0,
             num_features=1000, num_samples=300, segmentation_fn=lambda im: seg[0].numpy(), random_seed=3)
@@ -212,7 +213,7 @@ def test_kernel_shap_efficiency_seeded_and_on_object(net, imgs, small_objects):
     state = np.random.get_state()[1].copy()
     xailab.explain(net, x[:1], t[:1], method="kernel_shap", n_samples=100, seed=1)
     assert np.array_equal(state, np.random.get_state()[1])          # numpy's global RNG untouched
-    seg = P.superpixels(x)
+    seg = S.superpixels(x)
     with torch.no_grad():
         full = net(x).softmax(1)[torch.arange(2), t]
         hidden = net(torch.zeros_like(x)).softmax(1)[torch.arange(2), t]
@@ -256,7 +257,7 @@ def test_anchor_finds_the_watermark_with_precision(shortcut_net):
     gen = torch.Generator().manual_seed(123)
     z = torch.rand(400, k, generator=gen) < 0.5
     z[:, a.segments] = True
-    fill = P._superpixel_fill(x[0], seg, torch.zeros_like(x[0]))
+    fill = S._superpixel_fill(x[0], seg, torch.zeros_like(x[0]))
     with torch.no_grad():
         prec = (shortcut_net(fill(z.float())).argmax(1) == a.label).float().mean().item()
     assert prec >= 0.95 - 0.03

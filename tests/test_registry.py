@@ -76,7 +76,7 @@ def test_reduce_is_applied_once_by_the_registry(shapesnet):
 
 
 def test_lime_explanations_come_from_their_own_function(shapesnet):
-    from xailab.attribution.perturbation import lime_explanations
+    from xailab.attribution.superpixel import lime_explanations
     x = xailab.data.shapes("test", 1).images()
     heat, (exp,) = lime_explanations(shapesnet, x, 2, n_samples=20)
     assert heat.shape == (1, 64, 64) and 2 in exp.local_exp

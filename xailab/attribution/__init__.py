@@ -247,5 +247,6 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradc
     return get_method(method).run(model, x, target, **options)
 
 
-# every family registers its methods on import; methods() orders them by FAMILY_ORDER
-from . import anchors, cam, perturbation, saliency  # noqa: E402,F401
+# every module registers its methods on import; methods() orders them by FAMILY_ORDER,
+# and within a family by the order of this import line
+from . import saliency, cam, perturbation, superpixel, anchors  # noqa: E402,F401,I001

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
 from . import register, resolve_target
-from .perturbation import _hide_image, _segments_for, _superpixel_fill
+from .superpixel import _hide_image, _segments_for, _superpixel_fill
 
 __all__ = ["Anchor", "anchor_explanation", "anchors", "kl_lower_bound", "kl_upper_bound"]
 

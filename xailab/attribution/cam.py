@@ -1,4 +1,5 @@
-"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, HiResCAM, Score-CAM, guided Grad-CAM.
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++, HiResCAM, XGrad-CAM, LayerCAM,
+Eigen-CAM, Score-CAM, Ablation-CAM, guided Grad-CAM.
 
 Every method here shares one core, ``layer_pass``: a forward pass that records
 the activations ``A`` [N,C,h,w] of one spatial layer and, when asked, the
@@ -10,13 +11,18 @@ cam            w_k = fc weight of the class (needs conv -> GAP -> linear)
 gradcam        w_k = mean over positions of G_k, then ReLU of the sum
 gradcam_pp     w_k = sum over positions of alpha_k(ij) * ReLU(G_k(ij))
 hirescam       no channel weight: ReLU(sum_k G_k * A_k), element-wise
+xgradcam       w_k = sum over positions of G_k * A_k / sum of A_k
+layercam       no channel weight: ReLU(sum_k ReLU(G_k) * A_k), element-wise
+eigencam       no class: the first principal component of A (per image)
 scorecam       w_k = softmax over k of the class score of x * mask_k
+ablationcam    w_k = relative drop of the class score when A_k is set to 0
 =============  ==========================================================
 
 ``guided_gradcam`` multiplies guided backprop by the upsampled Grad-CAM map. Tests
 compare every method with Captum (``LayerGradCam(relu_attributions=True)``,
 ``GuidedGradCam``) and pytorch-grad-cam (GradCAM, GradCAMPlusPlus with ``eps=1e-6``,
-HiResCAM, ScoreCAM with ``align_corners=True``).
+HiResCAM, ScoreCAM with ``align_corners=True``, XGradCAM, LayerCAM, EigenCAM,
+AblationCAM) and torch-cam (XGradCAM, LayerCAM).
 
 ``layer=`` picks any layer with a spatial output (default ``model.default_layer``
 or the last spatial layer found automatically); ``upsample=False`` returns the
@@ -33,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
-from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
+from ..runtime import batched, default_batch_size, fast_layout, inference_copy, positive_int
 from ..solving import solves
 from . import register, resolve_target
 
@@ -268,3 +274,137 @@ def guided_gradcam(model, x, target=None, layer=None):
     p = layer_pass(model, x, target, layer)
     heat = finish(weighted_sum(p.activations, p.gradients.mean((2, 3))), x, True)
     return guided_backprop(model, x, p.target, reduce=None) * heat[:, None]
+
+
+# ---------------------------------------------------------------- XGrad-CAM, LayerCAM, Eigen-CAM
+
+@register("xgradcam", "cam", "Grad-CAM with each gradient weighted by its channel's share of the "
+          "activation (satisfies the sensitivity and conservation axioms)",
+          "Fu, Hu, Dong, Liu & Wu 2020, BMVC", **CAM)
+def xgradcam(model, x, target=None, layer=None, upsample=True, relu=True):
+    """L = ReLU(sum_k w_k A_k), w_k = sum_ij G_k(ij) A_k(ij) / sum_ij A_k(ij)
+    (a channel whose activations sum to 0 gets weight 0)."""
+    p = layer_pass(model, x, target, layer)
+    a, total = p.activations, p.activations.sum((2, 3))
+    w = torch.where(total != 0, (p.gradients * a).sum((2, 3)) / total.where(total != 0, 1.0), 0.0)
+    return finish(weighted_sum(a, w, relu), x, upsample)
+
+
+@register("layercam", "cam", "element-wise positive gradient x activation summed over channels: "
+          "sharp maps also at shallow layers",
+          "Jiang, Zhang, Hou, Cheng & Wei 2021, IEEE Transactions on Image Processing", **CAM)
+def layercam(model, x, target=None, layer=None, upsample=True, relu=True):
+    """L = ReLU(sum_k ReLU(G_k) * A_k), each position weighted by its own gradient (the paper's
+    tanh rescaling is for fusing several layers' maps; one layer's map is returned as it is)."""
+    p = layer_pass(model, x, target, layer)
+    return finish(weighted_sum(p.activations, p.gradients.clamp_min(0), relu), x, upsample)
+
+
+def principal_projection(a: torch.Tensor) -> torch.Tensor:
+    """[N,C,h,w] -> [N,h,w]: each image's positions (rows, C features) centred and projected
+    on their first principal direction. Its sign is arbitrary in an SVD, so it is fixed:
+    the direction's loadings sum to >= 0 (the map grows where the channels grow together)."""
+    rows = a.flatten(2).transpose(1, 2)                        # [N, hw, C]
+    rows = rows - rows.mean(1, keepdim=True)
+    v = torch.linalg.svd(rows, full_matrices=False)[2][:, 0]   # [N, C]
+    v = v * torch.where(v.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    return (rows @ v[:, :, None]).reshape(a.shape[0], *a.shape[2:])
+
+
+@register("eigencam", "cam", "gradient-free and class-agnostic: the first principal component of "
+          "the feature maps", "Muhammad & Yeasin 2020, IJCNN", **CAM)
+def eigencam(model, x, target=None, layer=None, upsample=True, relu=True):
+    """L = ReLU(projection of the centred activations on their first principal direction).
+    The map is the same for every target (the method looks at no class score)."""
+    p = layer_pass(model, x, target, layer, gradients=False)
+    m = principal_projection(p.activations)
+    return finish(m.clamp_min(0) if relu else m, x, upsample)
+
+
+# ---------------------------------------------------------------- Ablation-CAM (gradient-free)
+
+class _LeafAt(torch.fx.Tracer):
+    """Traces through every module except ``leaf`` (kept as one call)."""
+    def __init__(self, leaf: str):
+        super().__init__()
+        self.leaf = leaf
+
+    def is_leaf_module(self, m, qualname):
+        return qualname == self.leaf or super().is_leaf_module(m, qualname)
+
+
+def layer_tail(model: nn.Module, layer: str, root: str = ""):
+    """The part of ``model.get_submodule(root)`` after ``layer`` as a module (layer output ->
+    output), or None when it cannot be cut there (not traceable by torch.fx, the layer is
+    called twice, or a later part also reads something computed before the layer)."""
+    top = model.get_submodule(root) if root else model
+    inner = layer[len(root) + 1:] if root else layer
+    try:
+        graph = _LeafAt(inner).trace(top)
+    except Exception:                         # data-dependent control flow, ...
+        return None
+    tail = torch.fx.GraphModule(top, graph)
+    graph = tail.graph
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == inner]
+    if len(calls) != 1:
+        return None
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    with graph.inserting_before(inputs[0]):
+        calls[0].replace_all_uses_with(graph.placeholder("features"))
+    graph.eliminate_dead_code()
+    if any(n.users for n in inputs):
+        return None
+    for n in inputs:
+        graph.erase_node(n)
+    tail.recompile()
+    return tail.eval()
+
+
+def _tail_for(model, name, a, logits):
+    """A module computing the logits from the layer's activations: the model itself cut at
+    the layer, or a submodule on the layer's path whose output is the logits (checked
+    numerically, e.g. a wrapper that only normalises); None when neither works."""
+    parts = name.split(".")
+    for root in [""] + [".".join(parts[:i]) for i in range(1, len(parts))]:
+        tail = layer_tail(model, name, root)
+        if tail is not None and torch.allclose(tail(a[:1]), logits[:1], rtol=1e-4, atol=1e-5):
+            return tail
+    return None
+
+
+def ablation_scores(model, x, p: LayerPass, batch_size=None):
+    """Target score of each image with each channel of the layer set to zero: [N,C].
+    Only the part of the model after the layer runs when it can be cut out; otherwise a
+    forward hook replaces the layer's output and the whole model runs. Batches of
+    ``batch_size`` (image, channel) pairs."""
+    a, t = p.activations, p.target
+    n, c = a.shape[:2]
+    batch_size = default_batch_size(x) if batch_size is None else positive_int(batch_size, "batch_size")
+    pairs = torch.arange(n * c, device=a.device)
+    scores = torch.empty(n, c, device=a.device, dtype=a.dtype)
+    replaced = {}
+    with torch.no_grad(), hooks.out_of_place_relus(model):
+        tail = _tail_for(model, p.layer, a, p.logits)
+        run = tail if tail is not None else model
+        with hooks.forward_hooks(model, {} if tail else {p.layer: lambda m, i, o: replaced["a"]}):
+            for s in batched(len(pairs), batch_size):
+                i, k = pairs[s] // c, pairs[s] % c
+                ablated = a[i].clone()
+                ablated[torch.arange(len(i)), k] = 0
+                replaced["a"] = ablated
+                out = run(ablated if tail is not None else x[i])
+                scores[i, k] = out.gather(1, t[i][:, None])[:, 0]
+    return scores
+
+
+@register("ablationcam", "cam", "gradient-free: each channel weighted by the relative drop of the "
+          "class score when that channel is set to zero",
+          "Desai & Ramaswamy 2020, WACV", cost="slow", **CAM)
+def ablationcam(model, x, target=None, layer=None, upsample=True, relu=True, batch_size=None):
+    """L = ReLU(sum_k w_k A_k), w_k = (y^c - y^c_k) / y^c with y^c_k the class score when
+    channel k of the layer is zero. C extra passes per image, but only through the layers
+    after ``layer`` when the model can be cut there (``batch_size`` pairs per pass)."""
+    p = layer_pass(model, x, target, layer, gradients=False)
+    y = p.logits.gather(1, p.target[:, None])
+    w = (y - ablation_scores(model, x, p, batch_size)) / y
+    return finish(weighted_sum(p.activations, w, relu), x, upsample)
