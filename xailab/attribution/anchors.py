@@ -115,103 +115,124 @@ def _anchor_search(model, x, target=None, threshold: float = 0.95, beam_size: in
         raise ValueError(f"threshold (the precision an anchor must reach) must be in (0, 1), got {threshold}")
     if not 0.0 < p_keep < 1.0:
         raise ValueError(f"p_keep must be in (0, 1), got {p_keep}")
-    beam_size = positive_int(beam_size, "beam_size")
-    n_samples = positive_int(n_samples, "n_samples")
-    n_confirm = positive_int(n_confirm, "n_confirm")
     batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
     label = int(resolve_target(model, x[None], target)[0])
-    seg_np = _segments_for(x[None], segmentation, seed, segment_options)[0]
-    seg = torch.from_numpy(seg_np).to(x.device)
-    k = int(seg.max()) + 1
+    seg = torch.from_numpy(_segments_for(x[None], segmentation, seed, segment_options)[0]).to(x.device)
+    search = _Search(model, x, seg, label, baseline, p_keep, delta, threshold, seed, n_coverage, batch_size)
+    k = search.k
     max_size = k if max_size is None else min(int(max_size), k)
-    fill = _superpixel_fill(x, seg, _hide_image(x, baseline))
-    gen = torch.Generator().manual_seed(int(seed))
-    stats: dict[frozenset, list] = {}          # anchor -> [hits, samples]
-    passes = [0]
+    return search.run(positive_int(beam_size, "beam_size"), max_size, positive_int(n_samples, "n_samples"),
+                      positive_int(n_confirm, "n_confirm"), confirm_rounds)
 
-    def sample(anchor_list: list, n_each: int):
+
+class _Search:
+    """The state of one anchor search: sampled precision statistics per candidate anchor
+    (a frozenset of superpixel ids), the coverage sample and the forward-pass count."""
+
+    def __init__(self, model, x, seg, label, baseline, p_keep, delta, threshold, seed, n_coverage,
+                 batch_size):
+        self.model, self.x, self.seg, self.label = model, x, seg, label
+        self.k = int(seg.max()) + 1
+        self.fill = _superpixel_fill(x, seg, _hide_image(x, baseline))
+        self.p_keep, self.delta, self.threshold, self.batch_size = p_keep, delta, threshold, batch_size
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.stats: dict[frozenset, list] = {}           # anchor -> [hits, samples]
+        self.order = {frozenset(): []}                   # anchor -> superpixels in the order added
+        self.passes = 0
+        self.cov_z = torch.rand(n_coverage, self.k, generator=self.gen) < p_keep   # from D(z | {})
+
+    def sample(self, anchors: list, n_each: int):
         """Draw n_each perturbations per anchor, evaluate all in shared batches, update stats."""
-        z = (torch.rand(len(anchor_list) * n_each, k, generator=gen) < p_keep)
-        for j, a in enumerate(anchor_list):
+        z = torch.rand(len(anchors) * n_each, self.k, generator=self.gen) < self.p_keep
+        for j, a in enumerate(anchors):
             if a:
                 z[j * n_each:(j + 1) * n_each, list(a)] = True
         hits = torch.empty(len(z), dtype=torch.bool)
         with torch.no_grad():
-            net = inference_copy(model)
-            for s in range(0, len(z), batch_size):
-                zz = z[s:s + batch_size].to(x.device, x.dtype)
-                hits[s:s + batch_size] = (net(fast_layout(fill(zz))).argmax(1) == label).cpu()
-        passes[0] += len(z)
-        for j, a in enumerate(anchor_list):
-            st = stats.setdefault(a, [0, 0])
+            net = inference_copy(self.model)
+            for s in range(0, len(z), self.batch_size):
+                zz = z[s:s + self.batch_size].to(self.x.device, self.x.dtype)
+                hits[s:s + self.batch_size] = (net(fast_layout(self.fill(zz))).argmax(1) == self.label).cpu()
+        self.passes += len(z)
+        for j, a in enumerate(anchors):
+            st = self.stats.setdefault(a, [0, 0])
             st[0] += int(hits[j * n_each:(j + 1) * n_each].sum())
             st[1] += n_each
 
-    def precision(a):
-        h, n = stats[a]
+    def precision(self, a) -> float:
+        h, n = self.stats[a]
         return h / n if n else 0.0
 
-    def lower(a):
-        h, n = stats[a]
-        return kl_lower_bound(h / n, n, delta) if n else 0.0
+    def lower(self, a) -> float:
+        h, n = self.stats[a]
+        return kl_lower_bound(h / n, n, self.delta) if n else 0.0
 
-    def upper(a):
-        h, n = stats[a]
-        return kl_upper_bound(h / n, n, delta) if n else 1.0
+    def upper(self, a) -> float:
+        h, n = self.stats[a]
+        return kl_upper_bound(h / n, n, self.delta) if n else 1.0
 
-    cov_z = torch.rand(n_coverage, k, generator=gen) < p_keep   # coverage sample from D(z | {})
+    def undecided(self, a) -> bool:
+        return self.lower(a) < self.threshold <= self.upper(a)
 
-    def coverage(a):
-        return float(cov_z[:, list(a)].all(1).float().mean()) if a else 1.0
+    def coverage(self, a) -> float:
+        return float(self.cov_z[:, list(a)].all(1).float().mean()) if a else 1.0
 
-    def result(a, reached):
-        ordered = list(order.get(a, sorted(a)))
-        return Anchor(label, ordered, (seg[..., None] == torch.tensor(ordered, device=x.device,
-                      dtype=seg.dtype)).any(-1) if ordered else torch.zeros_like(seg, dtype=torch.bool),
-                      precision(a), lower(a), coverage(a), threshold, reached, passes[0], seg)
-
-    empty = frozenset()
-    order = {empty: []}
-    for _ in range(confirm_rounds):
-        sample([empty], n_confirm)
-        if not lower(empty) < threshold <= upper(empty):
-            break
-    if lower(empty) >= threshold:
-        return result(empty, True)
-    beam = [empty]
-    best = empty
-    for size in range(1, max_size + 1):
-        cands = []
-        for a in beam:
-            for j in range(k):
-                if j not in a:
-                    c = a | {j}
-                    if c not in order:
-                        order[c] = order[a] + [j]
-                        cands.append(c)
-        if not cands:
-            break
-        sample(cands, n_samples)
-        cands.sort(key=lambda c: (precision(c), coverage(c)), reverse=True)
-        # confirm the most promising (estimate at the threshold; at least the beam) until their
-        # confidence interval no longer straddles the threshold or confirm_rounds are used up
-        promising = [c for c in cands if precision(c) >= threshold][:2 * beam_size] or cands[:beam_size]
-        for _ in range(confirm_rounds):
-            undecided = [c for c in promising if lower(c) < threshold <= upper(c)]
+    def confirm(self, anchors: list, n_confirm: int, rounds: int):
+        """More samples for the anchors whose confidence interval straddles the threshold."""
+        for _ in range(rounds):
+            undecided = [a for a in anchors if self.undecided(a)]
             if not undecided:
                 break
-            sample(undecided, n_confirm)
-        accepted = [c for c in promising if lower(c) >= threshold]
-        if accepted:
-            return result(max(accepted, key=lambda c: (coverage(c), precision(c))), True)
-        ranked = sorted(set(promising) | set(cands[:beam_size]), key=lambda c: (lower(c), precision(c)),
-                        reverse=True)
-        beam = ranked[:beam_size]
-        if lower(beam[0]) > lower(best) or best == empty:
-            best = beam[0]
-    warnings.warn(f"no anchor of at most {max_size} superpixels reached precision {threshold}; "
-                  "returning the best found (raise max_size or lower the threshold)")
-    return result(best, False)
+            self.sample(undecided, n_confirm)
+
+    def grow(self, beam: list) -> list:
+        """Every anchor of the beam with one more superpixel (each candidate once)."""
+        cands = []
+        for a in beam:
+            for j in range(self.k):
+                c = a | {j}
+                if j not in a and c not in self.order:
+                    self.order[c] = self.order[a] + [j]
+                    cands.append(c)
+        return cands
+
+    def result(self, a, reached: bool) -> Anchor:
+        ordered = list(self.order.get(a, sorted(a)))
+        ids = torch.tensor(ordered, device=self.x.device, dtype=self.seg.dtype)
+        mask = (self.seg[..., None] == ids).any(-1) if ordered else torch.zeros_like(self.seg, dtype=torch.bool)
+        return Anchor(self.label, ordered, mask, self.precision(a), self.lower(a), self.coverage(a),
+                      self.threshold, reached, self.passes, self.seg)
+
+    def run(self, beam_size, max_size, n_samples, n_confirm, confirm_rounds) -> Anchor:
+        """The beam search of the module docstring."""
+        empty, threshold = frozenset(), self.threshold
+        for _ in range(confirm_rounds):
+            self.sample([empty], n_confirm)
+            if not self.undecided(empty):
+                break
+        if self.lower(empty) >= threshold:
+            return self.result(empty, True)
+        beam, best = [empty], empty
+        for _ in range(max_size):
+            cands = self.grow(beam)
+            if not cands:
+                break
+            self.sample(cands, n_samples)
+            cands.sort(key=lambda c: (self.precision(c), self.coverage(c)), reverse=True)
+            # confirm the most promising (estimate at the threshold; at least the beam)
+            promising = [c for c in cands if self.precision(c) >= threshold][:2 * beam_size] or cands[:beam_size]
+            self.confirm(promising, n_confirm, confirm_rounds)
+            accepted = [c for c in promising if self.lower(c) >= threshold]
+            if accepted:
+                return self.result(max(accepted, key=lambda c: (self.coverage(c), self.precision(c))), True)
+            ranked = sorted(set(promising) | set(cands[:beam_size]),
+                            key=lambda c: (self.lower(c), self.precision(c)), reverse=True)
+            beam = ranked[:beam_size]
+            if self.lower(beam[0]) > self.lower(best) or best == empty:
+                best = beam[0]
+        warnings.warn(f"no anchor of at most {max_size} superpixels reached precision {threshold}; "
+                      "returning the best found (raise max_size or lower the threshold)")
+        return self.result(best, False)
 
 
 @register("anchors", "perturbation",
