@@ -71,13 +71,9 @@ def _watermark(size: int) -> tuple[np.ndarray, np.ndarray]:
     return mask, rgb
 
 
-def _draw_chunk(rng: np.random.Generator, size: int, split: str, shortcut: bool):
-    n, s = CHUNK, size
+def _background(rng, n: int, s: int, xx, yy):
+    """A muted base colour plus two random gratings and fine noise: (image, base colour)."""
     f32 = np.float32
-    yy, xx = np.mgrid[:s, :s].astype(f32) + 0.5
-    label = rng.integers(0, len(CLASSES), n)
-
-    # background: a muted base colour plus two random gratings and fine noise
     base = rng.uniform(0.15, 0.6, (n, 3, 1, 1)).astype(f32)
     img = np.repeat(base, s, 2).repeat(s, 3)
     for _ in range(2):
@@ -88,9 +84,12 @@ def _draw_chunk(rng: np.random.Generator, size: int, split: str, shortcut: bool)
         wave = np.sin(freq * (np.cos(ang) * xx + np.sin(ang) * yy) + phase)
         img += amp * wave[:, None]
     img += rng.normal(0, 0.03, img.shape).astype(f32)
+    return img, base
 
-    # clutter: three short strokes of random colour
-    k = 3
+
+def _strokes(rng, img, n: int, s: int, xx, yy, k: int = 3):
+    """Clutter: ``k`` short strokes of random colour painted over ``img``."""
+    f32 = np.float32
     p0 = rng.uniform(0, s, (n, k, 2)).astype(f32)
     ang = rng.uniform(0, 2 * np.pi, (n, k)).astype(f32)
     length = rng.uniform(0.1, 0.22, (n, k)).astype(f32) * s
@@ -105,8 +104,12 @@ def _draw_chunk(rng: np.random.Generator, size: int, split: str, shortcut: bool)
     stroke = dx * dx + dy * dy <= (0.02 * s) ** 2 + 1.0
     for j in range(k):
         img = np.where(stroke[:, j, None], col[:, j, :, None, None], img)
+    return img
 
-    # the object, drawn last so its mask is exact
+
+def _object(rng, img, base, label, s: int, xx, yy):
+    """The shape of class ``label``, drawn last so its mask is exact: (image, mask)."""
+    n, f32 = len(label), np.float32
     radius = rng.uniform(0.18, 0.32, n).astype(f32) * s
     cx = rng.uniform(0, 1, n).astype(f32) * (s - 2 * radius) + radius
     cy = rng.uniform(0, 1, n).astype(f32) * (s - 2 * radius) + radius
@@ -121,22 +124,30 @@ def _draw_chunk(rng: np.random.Generator, size: int, split: str, shortcut: bool)
     dull = np.abs(colour - bg).sum(1) < 0.9
     colour[dull] = np.clip(1.0 - bg[dull] + rng.uniform(-0.1, 0.1, (int(dull.sum()), 3)), 0, 1)
     shade = 1.0 + rng.normal(0, 0.03, (n, 1, s, s)).astype(f32)
-    img = np.where(mask[:, None], colour[:, :, None, None] * shade, img)
+    return np.where(mask[:, None], colour[:, :, None, None] * shade, img), mask
 
-    # the watermark (always drawn from the same random stream, used only if shortcut)
-    coin = rng.uniform(0, 1, n)
-    if shortcut:
-        target = CLASSES.index(SHORTCUT_CLASS)
-        if split == "test":
-            marked = coin < TEST_MARK_RATE
-        else:
-            marked = (label == target) & (coin < SHORTCUT_RATE)
-    else:
-        marked = np.zeros(n, dtype=bool)
+
+def _marked(rng, label, split: str, shortcut: bool):
+    """Which images carry the watermark (always drawn from the same random stream)."""
+    coin = rng.uniform(0, 1, len(label))
+    if not shortcut:
+        return np.zeros(len(label), dtype=bool)
+    if split == "test":
+        return coin < TEST_MARK_RATE
+    return (label == CLASSES.index(SHORTCUT_CLASS)) & (coin < SHORTCUT_RATE)
+
+
+def _draw_chunk(rng: np.random.Generator, size: int, split: str, shortcut: bool):
+    n, s = CHUNK, size
+    yy, xx = np.mgrid[:s, :s].astype(np.float32) + 0.5
+    label = rng.integers(0, len(CLASSES), n)
+    img, base = _background(rng, n, s, xx, yy)
+    img = _strokes(rng, img, n, s, xx, yy)
+    img, mask = _object(rng, img, base, label, s, xx, yy)
+    marked = _marked(rng, label, split, shortcut)
     wm, wm_rgb = _watermark(s)
     img = np.where(marked[:, None, None, None] & wm, wm_rgb, img)
     mask &= ~(marked[:, None, None] & wm)
-
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
     return img, label.astype(np.int64), mask, marked
 
