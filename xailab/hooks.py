@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .runtime import device_of
 from .solving import solves
 
 
@@ -67,7 +68,8 @@ def _dry_run(model: nn.Module, size: int | None = None) -> tuple[list[str], dict
                     alive.append(out)
             hs.forward(m, rec)
         p = next(model.parameters(), None)
-        device, dtype = (p.device, p.dtype) if p is not None else ("cpu", torch.float32)
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        device = device_of(model)
         with preserved(model), torch.no_grad():
             model.eval()
             model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))

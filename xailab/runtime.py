@@ -18,12 +18,13 @@ __all__ = ["device_of", "positive_int", "evaluating", "batched", "forward_batche
            "inference_copy", "fast_layout", "default_batch_size"]
 
 
-def device_of(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
+def device_of(model: nn.Module, default=None) -> torch.device:
+    """The device of the model's first parameter (or buffer); ``default`` (the CPU when
+    None) for a model with neither."""
     t = next(model.parameters(), None)
     if t is None:
         t = next(model.buffers(), None)
-    return t.device if t is not None else torch.device("cpu")
+    return t.device if t is not None else torch.device(default or "cpu")
 
 
 def positive_int(value, name: str, hint: str = "") -> int:

@@ -17,6 +17,7 @@ from torch import nn
 
 from . import models
 from .data import shapes
+from .runtime import batched, evaluating
 
 RECIPES = {
     "shapesnet": dict(shortcut=False, n_train=12000, epochs=4, lr=3e-3, batch=64, seed=0),
@@ -30,20 +31,14 @@ RECIPES = {
 }
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, ds, batch: int = 500, labels=None) -> float:
     """Top-1 accuracy of ``model`` on a shapes dataset, in batches, against ``labels``
     (default the dataset's own; the permuted ones for the random-label model)."""
     labels = ds.labels if labels is None else labels
-    was = model.training
-    model.eval()
     correct = 0
-    try:
-        for i in range(0, len(ds), batch):
-            x = ds.images(slice(i, i + batch))
-            correct += int((model(x).argmax(1) == labels[i:i + batch]).sum())
-    finally:
-        model.train(was)
+    with evaluating(model):
+        for part in batched(len(ds), batch):
+            correct += int((model(ds.images(part)).argmax(1) == labels[part]).sum())
     return correct / len(ds)
 
 

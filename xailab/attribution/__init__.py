@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .. import hooks
+from ..runtime import device_of
 from ..solving import refuse
 
 FAMILY_ORDER = ("gradient", "cam", "perturbation")      # the order of methods() (then registration)
@@ -164,9 +165,9 @@ def check_input(x, model: nn.Module | None = None) -> torch.Tensor:
         raise ValueError(f"x must hold images in [0, 1] (models normalise inside), got values in "
                          f"[{lo:.3g}, {hi:.3g}]; undo any normalisation first")
     if model is not None:
-        p = next(model.parameters(), None)
-        if p is not None and p.device != x.device:
-            raise ValueError(f"x is on {x.device} but the model is on {p.device}; use x.to({str(p.device)!r})")
+        device = device_of(model, default=x.device)
+        if device != x.device:
+            raise ValueError(f"x is on {x.device} but the model is on {device}; use x.to({str(device)!r})")
     return x
 
 
