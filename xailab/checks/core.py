@@ -6,6 +6,10 @@ let later cells of a lab say "finish exercise N first" instead of raising.
 Under nbgrader (``NBGRADER_EXECUTION`` set) or with ``XAILAB_STRICT_CHECKS=1`` a check
 that does not pass raises :class:`CheckFailed`, so autograded cells score zero and
 nbval fails on a solution whose check does not pass.
+
+The ``check_*`` functions of the lab modules may run past 60 lines: each reads top to
+bottom as the list of mistakes it diagnoses, in the order a student meets them, and
+splitting that list would hide the order.
 """
 from __future__ import annotations
 
@@ -284,3 +288,31 @@ def degenerate(report: Report, got: torch.Tensor, want: torch.Tensor, inputs=())
                         "values would be: go back to the equation above the exercise")
             return True
     return False
+
+
+def roughness(x) -> float:
+    """Mean absolute difference of neighbouring pixels (uniform noise: about 0.67)."""
+    return float((x[..., 1:] - x[..., :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
+
+
+def unstable(report: Report, fn, args, got, want, what: str, seed_advice: str) -> bool:
+    """Run the student's ``fn(*args)`` again: a different image means random values (when
+    it is much rougher than ``want``) or a missing seed. Records the verdict; True when
+    the two runs differ."""
+    again = call(report, fn, *args)
+    if again is None or relative_error(again.detach().float().cpu(), got) <= 1e-6:
+        return False
+    if roughness(got) > 1.5 * roughness(want):
+        report.fail(f"{what}: your image is unrelated to the reference and changes from run to run, "
+                    "as random values would: build it with the recipe above")
+    else:
+        report.fail(f"{what}: two runs {seed_advice}")
+    return True
+
+
+def changed_model(report: Report, fn, before, model) -> bool:
+    """Fail (and return True) when the student's function left the model changed."""
+    changed = before.diff(model)
+    if changed:
+        report.fail(f"{name_of(fn)} changed the model ({'; '.join(changed)})")
+    return bool(changed)

@@ -17,7 +17,7 @@ import torch
 from .. import hooks, optvis
 from ..solving import solves
 from .core import (Report, call, degenerate, diagnose, relative_error, name_of as _name,
-                   finish as _done, tensor_result)
+                   finish as _done, tensor_result, unstable, changed_model)
 
 SEED = 3
 LAYER, CHANNEL = "features.block3", 12
@@ -80,11 +80,6 @@ def _visualise(model, score_fn, steps, lr, jitter, blur_sigma, seed, shifts=True
     return x
 
 
-def _roughness(x) -> float:
-    """Mean absolute difference of neighbouring pixels (random noise: about 0.67)."""
-    return float((x[..., 1:] - x[..., :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
-
-
 def check_ascent_step(fn, verbose: bool = True) -> Report:
     """``fn(model, image, score_fn, lr, shift, blur_sigma)``: roll the image by ``shift``,
     gradient g of score_fn(model, rolled).sum() w.r.t. the image, step
@@ -102,9 +97,7 @@ def check_ascent_step(fn, verbose: bool = True) -> Report:
         got = _image(report, fn, call(report, fn, model, x, channel_score, 0.5, shift, sigma), x.shape)
         if got is None:
             return _done(report, verbose)
-        changed = before.diff(model)
-        if changed:
-            report.fail(f"{_name(fn)} changed the model ({'; '.join(changed)})")
+        if changed_model(report, fn, before, model):
             return _done(report, verbose)
         if not torch.equal(x, kept) or x.requires_grad:
             report.fail(f"{_name(fn)} changed the image it was given; work on a detached copy")
@@ -160,9 +153,7 @@ def check_visualise(fn, verbose: bool = True) -> Report:
         got = _image(report, fn, call(report, fn, *args), (1, 3, 64, 64))
         if got is None:
             return _done(report, verbose)
-        changed = before.diff(model)
-        if changed:
-            report.fail(f"{_name(fn)} changed the model ({'; '.join(changed)})")
+        if changed_model(report, fn, before, model):
             return _done(report, verbose)
         want = _visualise(*args)
         if relative_error(got, want) <= VIS_TOL:
@@ -179,14 +170,8 @@ def check_visualise(fn, verbose: bool = True) -> Report:
         if got.min() < 0 or got.max() > 1:
             report.fail(f"{what}: the image left [0, 1]: clamp after each step")
             return _done(report, verbose)
-        again = call(report, fn, *args)
-        if again is not None and relative_error(again.detach().float().cpu(), got) > 1e-6:
-            if _roughness(got) > 1.5 * _roughness(want):
-                report.fail(f"{what}: your image is unrelated to the reference and changes from run to run, "
-                            "as random values would: build it with the recipe above")
-                return _done(report, verbose)
-            report.fail(f"{what}: two runs with the same seed give different images: seed torch's "
-                        "generator with seed before drawing the start noise")
+        if unstable(report, fn, args, got, want, what, "with the same seed give different images: seed "
+                    "torch's generator with seed before drawing the start noise"):
             return _done(report, verbose)
         alts = [
             (_visualise(*args, shifts=False),

@@ -19,7 +19,7 @@ import torch
 from .. import hooks
 from ..solving import solves
 from .core import (Report, call, degenerate, diagnose, relative_error, name_of as _name,
-                   finish as _done, tensor_result)
+                   finish as _done, tensor_result, unstable)
 
 SEED = 7
 INVERT_STEPS = 10      # the loop is compared step for step with the reference: a few steps suffice
@@ -194,11 +194,6 @@ def _invert(model, layer, image, steps, tv_weight, lr, seeded=True, grey=False, 
     return x.detach()[0]
 
 
-def _roughness(x) -> float:
-    """Mean absolute difference of neighbouring pixels (uniform noise: about 0.67)."""
-    return float((x[..., 1:] - x[..., :-1]).abs().mean() + (x[..., 1:, :] - x[..., :-1, :]).abs().mean())
-
-
 def check_invert(fn, verbose: bool = True) -> Report:
     """``fn(model, layer, image, steps, tv_weight, lr)`` must follow the lab's recipe:
     seed 0, start clamp(0.5 + 0.1 * N(0, 1)), Adam with a cosine-annealed learning rate,
@@ -246,14 +241,8 @@ def check_invert(fn, verbose: bool = True) -> Report:
         if got.min() < 0 or got.max() > 1:
             report.fail(f"{what}: the reconstruction leaves [0, 1]: clamp after each step")
             return _done(report, verbose)
-        again = call(report, fn, *args)
-        if again is not None and relative_error(again.detach().float().cpu(), got) > 1e-6:
-            if _roughness(got) > 1.5 * _roughness(want):
-                report.fail(f"{what}: your image is unrelated to the reference and changes from run to run, "
-                            "as random values would: build it with the recipe above")
-            else:
-                report.fail(f"{what}: two runs give different images: seed torch with 0 before drawing "
-                            "the start noise")
+        if unstable(report, fn, args, got, want, what, "give different images: seed torch with 0 before "
+                    "drawing the start noise"):
             return _done(report, verbose)
         alts = [
             (_invert(*args, clamp=False), "never clamped: clamp the image to [0, 1] after each step"),
