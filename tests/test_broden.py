@@ -1,5 +1,6 @@
 """The Broden format: writer -> reader round trip, the synthetic dataset, clear errors."""
 import csv
+import hashlib
 import shutil
 
 import numpy as np
@@ -227,3 +228,62 @@ def test_files_outside_the_dataset_folder_are_refused(tmp_path, column):
     with pytest.raises(BrodenFormatError, match="outside the dataset folder"):
         ds.image(0) if column == "image" else ds.segmentation(0)
     ds.image(1)                                  # the other rows still read
+
+
+# sha256 of the CSV files the writer wrote before it moved to pandas (CRLF line ends,
+# as Python's csv module writes them); the tables must stay byte for byte the same
+TINY_CSV = {
+    "c_object.csv": "04d7bb99204757b2bbebc6612d0676f7405b6432b8e851426c12d3501cce1871",
+    "c_scene.csv": "5333fc0f61bc53e564961a4cb13c23906c936275852361edbb1240fd46a0f1ec",
+    "c_texture.csv": "46d243f3bd3281da979bf21a615c33af05b741b50c44d90b328ab01d31145414",
+    "category.csv": "9fe256ed2ca029fbeaa55e0c11a787c035aaf12d54cd84fff78dccc17f2b7a77",
+    "index.csv": "5e9e194503785c57b50b1bcdb8b86b1ee0653a66d4ee37a547b22ce315d6e672",
+    "label.csv": "b4a90f13086bfe555b92e1bb4e703efc06647b78d513671f35a4b90a3cb86706"}
+SYNTHETIC_CSV = {   # make_synthetic(folder, 70, seed=3, size=32)
+    "c_color.csv": "73fa04991fa7a10b0632af5d96a0d3994653041a6e0b14c25e47723499c17888",
+    "c_object.csv": "33288caee939711e98d61cd26a34ffcc73a3dddbe060c7c5d755664a7110be78",
+    "c_part.csv": "4a71aa52cde5085add61bedeaddfdecd88e3dc1d4560710c371e3427934de814",
+    "c_scene.csv": "7ca606fb61859890d7a892f4573bac1b98946236e9e46ddcdb146e4bdad66cc2",
+    "c_texture.csv": "9bad0eb9808b65b1a4aaaa62034e161508d7a15b729028c55ec1c4b84c8f789d",
+    "category.csv": "7e15cca5867cee617440fb01c7c207ba0e8bdebbce96f40f75b09f91e163d34a",
+    "index.csv": "cbc30dff7f18e6682a09712426960dde82122c74ff0f81930ff4363aa27a0f7d",
+    "label.csv": "af0d9383b1518505e34086adbae7d72ef145daf0c8ac3dd885a3b82fc0e5705a"}
+
+
+def _csv_hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.csv"))}
+
+
+def test_the_written_tables_are_byte_for_byte_the_recorded_ones(tmp_path):
+    _tiny(tmp_path / "tiny")
+    assert _csv_hashes(tmp_path / "tiny") == TINY_CSV
+    broden.make_synthetic(tmp_path / "synthetic", 70, seed=3, size=32)
+    assert _csv_hashes(tmp_path / "synthetic") == SYNTHETIC_CSV
+    assert (tmp_path / "tiny" / "index.csv").read_bytes().count(b"\r\n") == 4
+
+
+def test_batches_never_mix_sizes_and_follow_the_batch_plan(tmp_path):
+    rng = np.random.default_rng(1)
+    sizes = [8] * 3 + [12] * 2 + [8] * 4
+    records = [{"image": rng.integers(0, 256, (s, s, 3), dtype=np.uint8), "object": [np.ones((s // 2, s // 2), int)]}
+               for s in sizes]
+    broden.write(tmp_path, ["object"], [("thing", "object")], records)
+    ds = broden.open(tmp_path)
+    assert ds.batch_plan(2) == [[0, 1], [2], [3, 4], [5, 6], [7, 8]]
+    assert ds.batch_plan(4, indices=[0, 3, 1, 2]) == [[0], [3], [1, 2]]
+    for batch, group in zip(ds.batches(2), ds.batch_plan(2)):
+        assert batch.index == group and batch.images.shape[-1] == sizes[group[0]]
+    with pytest.raises(ValueError, match="batch_size"):
+        ds.batch_plan(0)
+
+
+def test_public_names_and_the_builtin_open():
+    from xailab.data import synthetic_broden
+    from xailab.data.broden import open as open_folder
+
+    assert broden.open is broden.read is open_folder
+    assert "open" not in vars(broden)            # the module's own code sees Python's open
+    for name in ("make_synthetic", "COLORS", "PARTS", "TEXTURES", "SCENES", "CATEGORIES", "synthetic_labels"):
+        assert getattr(broden, name) is getattr(synthetic_broden, name)
+    with pytest.raises(AttributeError):
+        broden.no_such_name

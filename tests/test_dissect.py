@@ -1,5 +1,6 @@
 """Network dissection equals a straightforward per-image reference; the model is left alone."""
 import csv
+import warnings
 
 import pytest
 import torch
@@ -127,3 +128,74 @@ def test_thresholds_from_a_subsample_when_the_top_buffer_is_too_large(folder):
     # 16 images x 24 x 24 positions; every 5th value kept: still close to the exact quantile
     assert (approx.thresholds - exact.thresholds).abs().max() < 0.2 * exact.thresholds.abs().max()
     assert approx.iou.shape == exact.iou.shape and (approx.iou - exact.iou).abs().max() < 0.05
+
+
+# Numbers printed by the dissection code before it was split into a per-layer state
+# object and two passes (same fixture: 16 synthetic images, seed 1, 48 px). Counts are
+# exact; thresholds are rounded to 4 decimals and IoUs to 6.
+TRUTH = [772, 474, 1735, 1229, 725, 1886, 94, 167, 174, 1052, 908, 295, 224, 294, 0, 195, 133, 103, 629,
+         162, 1152, 3456, 1152, 576, 2880, 0, 53, 77, 918, 950, 0]
+RECORDED = {
+    "exact": dict(
+        thresholds=[9.8661, 10.4808, 8.7376, 3.5078, 11.0548, 10.1922, 2.6888, 8.639, 8.5692, 7.4167, 9.5718,
+                    8.644, 9.7435, 9.892, 0.7019, 1.3085],
+        labels=["square", "circle", "triangle", "rim", "triangle", "tip", "dotted", "striped", "tip", "triangle",
+                "striped", "triangle", "cross", "cross", "grey-c", "blue-c"],
+        intersection=[196, 199, 188, 155, 199, 159, 175, 187, 215, 131, 163, 176, 190, 193, 94, 144],
+        activation=[1417, 1457, 1457, 1337, 1412, 1457, 1452, 1442, 1457, 1437, 1452, 1422, 1457, 1452, 1452, 1377],
+        best=[0.054475, 0.042683, 0.059006, 0.028919, 0.062305, 0.048951, 0.042373, 0.141176, 0.086957, 0.027108,
+              0.064516, 0.039634, 0.047619, 0.047619, 0.048913, 0.042]),
+    "every 5th value": dict(
+        thresholds=[9.0169, 10.6679, 8.7547, 3.3693, 10.6987, 9.9666, 2.6724, 8.2808, 8.5133, 7.5593, 9.7383,
+                    8.711, 9.8816, 10.0839, 0.717, 1.3156],
+        labels=["purple-c", "circle", "triangle", "rim", "triangle", "tip", "dotted", "striped", "tip", "triangle",
+                "cross", "triangle", "cross", "cross", "grey-c", "blue-c"],
+        intersection=[257, 184, 186, 180, 232, 166, 190, 215, 238, 99, 119, 174, 176, 187, 84, 135],
+        activation=[2008, 1333, 1426, 1518, 1717, 1519, 1638, 1758, 1612, 1106, 1085, 1396, 1333, 1364, 1302, 1315],
+        best=[0.058559, 0.04, 0.05919, 0.034901, 0.063636, 0.048276, 0.040323, 0.144444, 0.091549, 0.021672,
+              0.050228, 0.039755, 0.04386, 0.048246, 0.046385, 0.042169]),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDED))
+def test_block1_numbers_equal_the_recorded_ones(folder, case):
+    model = models.load("shapesnet")
+    options = dict(batch_size=7, max_elements=5000) if case == "exact" else dict(max_top=16 * 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = dissect.dissect(model, "features.block1", folder, progress=False, **options)
+    want = RECORDED[case]
+    assert r.thresholds.tolist() == pytest.approx(want["thresholds"], abs=1e-4)
+    assert r.labels() == want["labels"]
+    assert r.truth.tolist() == TRUTH
+    assert r.intersection.sum(1).tolist() == want["intersection"]
+    assert r.activation.sum(1).tolist() == want["activation"]
+    assert r.best()[1].tolist() == pytest.approx(want["best"], abs=1e-6)
+
+
+def test_block3_numbers_and_tally_equal_the_recorded_ones(folder):
+    model = models.load("shapesnet")
+    r = dissect.dissect(model, "features.block3", folder, cache_elements=0, progress=False)
+    assert r.truth.tolist() == TRUTH
+    assert (int(r.intersection.sum()), int(r.activation.sum())) == (5491, 61540)
+    assert float(r.iou.double().sum()) == pytest.approx(7.436198, abs=1e-5)
+    head = r.tally()[["unit", "label", "score"]].head(5)
+    assert head.unit.tolist() == [28, 22, 3, 18, 19]
+    assert head.label.tolist() == ["heart", "red-c", "heart", "purple-c", "heart"]
+    assert head.score.tolist() == pytest.approx([0.146853, 0.115385, 0.104167, 0.086957, 0.077922], abs=1e-6)
+    s = r.summary()
+    assert s.detectors.tolist() == [16, 4, 0, 0, 9] and s.unique.tolist() == [2, 1, 0, 0, 2]
+    # one pass over several layers gives each layer the numbers of its own dissection
+    # (up to float rounding: the convolutions round differently for another batch size)
+    both = dissect.dissect(model, ["features.block1", "features.block3"], folder, batch_size=5, progress=False)
+    assert (both["features.block3"].iou - r.iou).abs().max() < 1e-6
+    assert (both["features.block3"].thresholds - r.thresholds).abs().max() < 1e-5
+
+
+def test_batches_follow_the_shared_batch_plan(folder):
+    ds = broden.open(folder)
+    plan = ds.batch_plan(5)
+    assert plan == [list(range(s, min(s + 5, len(ds)))) for s in range(0, len(ds), 5)]
+    assert [b.index for b in ds.batches(5, segmentations=False, images=False)] == plan
+    with pytest.raises(ValueError, match="batch_size"):
+        dissect.dissect(models.load("shapesnet"), "features.block1", folder, batch_size=0, progress=False)
