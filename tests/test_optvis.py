@@ -167,12 +167,90 @@ def test_total_variation_is_the_papers_formula():
     assert float(optvis.total_variation(torch.full((1, 3, 8, 8), 0.3))[0]) < 1e-3
 
 
-def test_gaussian_blur_matches_torchvision():
-    from torchvision.transforms.functional import gaussian_blur
-    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for sigma in (0.5, 1.0, 2.0):
-        k = 2 * int(torch.tensor(3 * sigma).ceil()) + 1
-        assert torch.allclose(optvis.gaussian_blur(x, sigma), gaussian_blur(x, [k, k], [sigma, sigma]), atol=1e-5)
+@pytest.mark.parametrize("sigma", [0.3, 0.5, 0.7, 1.0, 2.0])     # the widths the course uses (and 2)
+def test_gaussian_blur_matches_torchvision(sigma):
+    import math
+
+    from torchvision.transforms.v2.functional import gaussian_blur
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    k = 2 * math.ceil(3 * sigma) + 1
+    assert (optvis.gaussian_blur(x, sigma) - gaussian_blur(x, [k, k], [sigma, sigma])).abs().max() < 1e-6
+    x64 = x.double()                       # the same up to float32 rounding (summation order)
+    assert (optvis.gaussian_blur(x64, sigma) - gaussian_blur(x64, [k, k], [sigma, sigma])).abs().max() < 1e-12
+    small = x[:, :, :3, :3]                # the kernel is cut to the image size
+    k = 2 * min(math.ceil(3 * sigma), 2) + 1
+    assert (optvis.gaussian_blur(small, sigma) - gaussian_blur(small, [k, k], [sigma, sigma])).abs().max() < 1e-6
+    assert torch.equal(optvis.gaussian_blur(x, 0.0), x)
+
+
+def test_penalties_are_objectives_on_the_image():
+    acts = {"a": torch.arange(24.).view(1, 2, 3, 4)}
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctx = optvis.Context(acts, torch.tensor([[1.0, 5.0]]), x)
+    tv_value = optvis.total_variation(x)
+    l2_value = (x - 0.5).pow(2).mean().view(1)
+    assert torch.allclose((optvis.channel("a", 1) - 0.1 * optvis.tv())(ctx), 17.5 - 0.1 * tv_value)
+    assert torch.allclose((optvis.class_logit(1) - optvis.l2(3.0) - optvis.tv(2.0, beta=1.0))(ctx),
+                          5 - 3 * l2_value - 2 * optvis.total_variation(x, 1.0))
+    assert torch.allclose(optvis.tv(0.5)(x), 0.5 * tv_value)               # called on the image itself
+    assert torch.allclose((optvis.l2() + optvis.tv())(x), l2_value + tv_value)
+    with pytest.raises(TypeError, match="Context"):
+        optvis.channel("a", 1)(x)
+
+
+def test_a_penalty_in_the_objective_equals_the_same_penalty_as_a_regulariser(shapesnet):
+    run = dict(param=optvis.fourier(), transforms=[optvis.jitter(2)], steps=4, lr=0.1, progress=False)
+    obj = optvis.channel("features.block2", 3)
+    hist = []
+    inside = optvis.optimize(shapesnet, obj - 20.0 * optvis.tv() - optvis.l2(5.0), history=hist, **run)
+    outside = optvis.optimize(shapesnet, obj, regularizers=[optvis.tv(20.0), optvis.l2(5.0)], **run)
+    as_function = optvis.optimize(shapesnet, obj, regularizers=[lambda im: 20.0 * optvis.total_variation(im),
+                                                                 optvis.l2(5.0)], **run)
+    assert torch.allclose(inside, outside, atol=1e-5) and torch.allclose(outside, as_function, atol=1e-6)
+    plain = optvis.optimize(shapesnet, obj, **run)
+    assert optvis.total_variation(inside) < optvis.total_variation(plain)
+    assert len(hist) == 4
+
+
+def test_fourier_set_image_inverts_the_parametrisation():
+    g = torch.Generator().manual_seed(0)
+    param = optvis.fourier()(2, 32, 32, "cpu", g)
+    target = 0.05 + 0.9 * torch.rand(2, 3, 32, 32, generator=g)
+    param.set_image(target)
+    assert (param() - target).abs().max() < 1e-5
+    pixels = optvis.pixels()(2, 32, 32, "cpu", g)
+    pixels.set_image(target)
+    assert torch.equal(pixels(), target)
+
+
+@pytest.mark.parametrize("recipe", [optvis.pixels(sd=0.1), optvis.fourier(sd=0.1)])
+def test_blur_every_blurs_the_image_whatever_the_parametrisation(shapesnet, recipe):
+    param = recipe(1, 64, 64, "cpu", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        start = param().clone()
+    # with a learning rate of 0 the step changes nothing, so the result is the blurred start
+    out = optvis.optimize(shapesnet, optvis.channel("features.block1", 0), param=param, steps=2, lr=0.0,
+                          regularizers=[optvis.blur_every(2, 1.0)], progress=False)
+    assert (out - optvis.gaussian_blur(start, 1.0)).abs().max() < 1e-5
+    # and in a real run it makes a difference (it used to be skipped for the Fourier image)
+    run = dict(param=recipe, steps=8, lr=0.1, progress=False)
+    blurred = optvis.optimize(shapesnet, optvis.channel("features.block2", 3),
+                              regularizers=[optvis.blur_every(2, 1.0)], **run)
+    plain = optvis.optimize(shapesnet, optvis.channel("features.block2", 3), **run)
+    assert optvis.total_variation(blurred) < 0.5 * optvis.total_variation(plain)
+
+
+def test_optimize_accepts_a_built_parametrisation_and_keeps_it(shapesnet):
+    obj = optvis.channel("features.block2", 3)
+    built = optvis.Fourier(1, 32, 32, 0.01, torch.Generator().manual_seed(0))
+    first = optvis.optimize(shapesnet, obj, param=built, steps=3, progress=False)
+    recipe = optvis.optimize(shapesnet, obj, param=optvis.fourier(), size=32, steps=3, progress=False)
+    assert torch.allclose(first, recipe, atol=1e-6)          # same start (seed 0), same steps
+    with torch.no_grad():
+        assert torch.equal(built().clamp(0, 1), first)
+    more = optvis.optimize(shapesnet, obj, param=built, steps=3, progress=False)     # continues from first
+    assert float(optvis.channel_activations(shapesnet, "features.block2", 3, more)) > \
+        float(optvis.channel_activations(shapesnet, "features.block2", 3, first))
 
 
 def test_parametrisations_and_transforms_keep_shape_and_range():

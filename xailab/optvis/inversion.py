@@ -1,0 +1,182 @@
+"""Inversion: an image whose representation at a layer matches a given image's
+(Mahendran & Vedaldi 2015, ``invert``), with its helpers ``feature_error`` and
+``conv_input`` (the least-squares input of a convolution), and the learned inverse
+of Dosovitskiy & Brox 2016, scaled down (``Decoder``, ``train_decoder``, ``decode``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import hooks
+from ..runtime import batched, device_of, evaluating, positive_int
+from ..solving import solves
+from .objectives import feature_match, tv
+from .param import Fourier
+from .render import check_image, features, optimize, progress_bar, resolve_steps
+
+
+def _largest_singular_value_squared(normal, shape, like: torch.Tensor) -> float:
+    """The largest eigenvalue of the operator ``normal`` (= A^T A) by power iteration."""
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(like)
+    for _ in range(30):
+        v = normal(v)
+        v = v / v.norm().clamp_min(1e-30)
+    return float(normal(v).norm().clamp_min(1e-30))
+
+
+def conv_input(conv: nn.Conv2d, output: torch.Tensor, input_shape, nonnegative: bool = False,
+               steps: int = 500) -> torch.Tensor:
+    """The input r [1,C,h,w] (shape ``input_shape``) that best reproduces a convolution's
+    ``output``: argmin ||conv(r) - output||^2, over r >= 0 if ``nonnegative`` (as after a ReLU).
+    A convolution is linear, so this is least squares, solved by accelerated projected gradient
+    descent (FISTA, step 1/L with L from a power iteration); no network is involved."""
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4 or input_shape[1] != conv.in_channels:
+        raise ValueError(f"input_shape must be (N, {conv.in_channels}, H, W) for this convolution, "
+                         f"got {input_shape}")
+    w = conv.weight.detach()
+    bias = 0.0 if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1)
+    y = output.detach().to(w) - bias
+
+    def forward(r):
+        return conv._conv_forward(r, w, None)
+    zero = torch.zeros(input_shape, device=w.device, dtype=w.dtype)
+    if forward(zero).shape != y.shape:
+        raise ValueError(f"an input of shape {input_shape} gives an output of shape "
+                         f"{tuple(forward(zero).shape)}, but output has shape {tuple(y.shape)}")
+    _, vjp_fn = torch.func.vjp(forward, zero)
+
+    def normal(r):                                        # A^T A r
+        return vjp_fn(forward(r))[0]
+    with torch.no_grad():
+        step = 1.0 / _largest_singular_value_squared(normal, input_shape, w)
+        aty = vjp_fn(y)[0]
+        r = zero.clone()
+        z, t = r.clone(), 1.0
+        for _ in range(positive_int(steps, "steps")):
+            r_next = z - step * (normal(z) - aty)
+            if nonnegative:
+                r_next = r_next.clamp_min(0)
+            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+            z = r_next + ((t - 1) / t_next) * (r_next - r)
+            r, t = r_next, t_next
+    return r
+
+
+def _conv_input_probe(model: nn.Module, layer: str, size: int) -> tuple[tuple, bool]:
+    """Shape of the input the convolution ``layer`` receives for one image of ``size``, and
+    whether that input is non-negative for random images (it follows a ReLU): a property of
+    the architecture, not of any image."""
+    seen = []
+    noise = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with evaluating(model), hooks.forward_hooks(model, [(layer, lambda m, i, o: seen.append(i[0]))]):
+        model(noise.to(device_of(model)))
+    return (1, *seen[0].shape[1:]), bool(seen[0].min() >= 0)
+
+
+@solves("optvis.invert")
+def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None = None, seed: int = 0,
+           tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, through_conv: bool = True,
+           progress: bool = False) -> torch.Tensor:
+    """Mahendran & Vedaldi 2015: an image [3,H,W] whose ``layer`` representation matches
+    that of ``image``, minimising ||phi(x) - phi0||^2 / ||phi0||^2 + tv_weight * TV^beta(x).
+
+    How: Adam (cosine-decaying learning rate) over a decorrelated Fourier image that starts
+    near grey, in two stages. Stage 1 (two thirds of ``steps``): if ``layer`` is a
+    convolution and ``through_conv``, undo it first by least squares (``conv_input``;
+    non-negative if its input follows a ReLU) and match that input instead: a convolution
+    can be badly conditioned, and its input is an equivalent target that gradient descent
+    reaches much faster. Stage 2 (the last third, learning rate lr/5): polish on the real
+    objective, phi = ``layer``'s output. ``steps=None``: 600. Invert pre-ReLU layers (conv
+    or batch-norm outputs): they keep the sign information that a ReLU output throws away."""
+    x0 = check_image(image).to(device_of(model))
+    target = features(model, layer, x0[None])
+    if float(target.pow(2).sum()) == 0:
+        raise ValueError(f"the {layer} representation of this image is all zero; nothing to invert")
+    steps, size = resolve_steps(steps, 600), x0.shape[-1]
+    image_param = Fourier(1, size, size, 0.01, torch.Generator().manual_seed(seed)).to(x0.device)
+    first, module = feature_match(layer, target), hooks.get_layer(model, layer)
+    if through_conv and isinstance(module, nn.Conv2d):
+        shape, nonnegative = _conv_input_probe(model, layer, size)
+        first = feature_match(layer, conv_input(module, target, shape, nonnegative), of_input=True)
+    n1 = max(1, round(steps * 2 / 3))
+    common = dict(param=image_param, regularizers=(tv(tv_weight, beta),), lr_decay=True, progress=progress)
+    optimize(model, first, steps=n1, lr=lr, **common)
+    if steps > n1:
+        optimize(model, feature_match(layer, target), steps=steps - n1, lr=lr / 5, **common)
+    with torch.no_grad():
+        return image_param().detach().clamp(0, 1)[0]
+
+
+def feature_error(model: nn.Module, layer: str, x: torch.Tensor, reference: torch.Tensor) -> float:
+    """||phi(x) - phi(ref)|| / ||phi(ref)|| (relative feature error of a reconstruction)."""
+    a = features(model, layer, x.view(-1, *x.shape[-3:]))
+    b = features(model, layer, reference.view(-1, *reference.shape[-3:]))
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+# --------------------------------------------------------------------------- learned inversion
+class Decoder(nn.Module):
+    """A small up-convolutional decoder from a feature map [N,C,h,w] to an image
+    [N,3,H,W] in [0,1] (Dosovitskiy & Brox 2016, scaled down): a 3x3 convolution to
+    ``width`` channels, then one transposed convolution per doubling of the size,
+    halving the width each time, then a 3x3 convolution to RGB and a sigmoid."""
+
+    def __init__(self, in_channels: int, in_size: int, out_size: int = 64, width: int = 64):
+        super().__init__()
+        ups = int(round(math.log2(out_size / in_size)))
+        if ups < 0 or 2 ** ups * in_size != out_size:
+            raise ValueError(f"out_size / in_size must be a power of two >= 1, got {out_size}/{in_size}")
+        layers, w = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU()], width
+        for _ in range(ups):
+            layers += [nn.ConvTranspose2d(w, max(8, w // 2), 4, stride=2, padding=1), nn.ReLU()]
+            w = max(8, w // 2)
+        layers += [nn.Conv2d(w, 3, 3, padding=1), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, f):
+        return self.net(f)
+
+
+def train_decoder(model: nn.Module, layer: str, images: torch.Tensor, epochs: int = 4,
+                  batch_size: int = 32, lr: float = 3e-3, width: int = 64, seed: int = 0,
+                  progress: bool = True) -> Decoder:
+    """Train a ``Decoder`` to map ``layer`` features of ``images`` [N,3,H,W] back to the
+    images (mean squared pixel error, Adam). The classifier stays frozen and unchanged."""
+    epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
+    torch.manual_seed(seed)
+    device = device_of(model)
+    feats = torch.cat([features(model, layer, images[s]) for s in batched(len(images), 256)])
+    dec = Decoder(feats.shape[1], feats.shape[-1], images.shape[-1], width).to(device)
+    opt = torch.optim.Adam(dec.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    with torch.enable_grad(), progress_bar(epochs * math.ceil(len(images) / batch_size), progress,
+                                           f"decoder({layer})") as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(len(images), generator=g)
+            for s in batched(len(images), batch_size):
+                b = perm[s]
+                loss = F.mse_loss(dec(feats[b]), images[b].to(device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                bar.update(1)
+    return dec.eval()
+
+
+def decode(model: nn.Module, layer: str, decoder: Decoder, images: torch.Tensor) -> torch.Tensor:
+    """Reconstructions [N,3,H,W] of ``images`` from their ``layer`` features."""
+    f = features(model, layer, images)
+    wants = decoder.net[0].in_channels
+    if f.shape[1] != wants:
+        raise ValueError(f"this decoder takes {wants}-channel features, but {layer} gives {f.shape[1]}; "
+                         f"train one for this layer with optvis.train_decoder(model, {layer!r}, images)")
+    with torch.no_grad():
+        return decoder(f)
+
