@@ -12,6 +12,7 @@ import torch
 import xailab
 from xailab import hooks, models
 from xailab.attribution import cam as cam_module
+from xailab.attribution import scored_cam
 from xailab.data import shapes
 
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -138,7 +139,7 @@ def test_ablationcam_is_the_same_whether_the_model_is_cut_or_hooked(zoo, x, monk
     for batch_size in (1, 7, 1000):
         assert torch.allclose(xailab.explain(model, x, TARGETS, method="ablationcam", upsample=False,
                                              batch_size=batch_size), cut, rtol=1e-4, atol=1e-5)
-    monkeypatch.setattr(cam_module, "layer_tail", lambda *args: None)   # forces the hooked path
+    monkeypatch.setattr(scored_cam, "layer_tail", lambda *args: None)   # forces the hooked path
     hooked = xailab.explain(model, x, TARGETS, method="ablationcam", upsample=False, batch_size=16)
     assert torch.allclose(hooked, cut, rtol=1e-4, atol=1e-5)
     assert hooks.count_hooks(model) == 0
@@ -146,13 +147,13 @@ def test_ablationcam_is_the_same_whether_the_model_is_cut_or_hooked(zoo, x, monk
 
 def test_layer_tail_cuts_where_it_can_and_refuses_where_it_cannot(zoo, x):
     model = zoo["resnet18"]
-    assert cam_module.layer_tail(model, "net.layer4") is None          # the wrapper checks sizes
-    tail = cam_module.layer_tail(model, "net.layer4", root="net")
+    assert scored_cam.layer_tail(model, "net.layer4") is None          # the wrapper checks sizes
+    tail = scored_cam.layer_tail(model, "net.layer4", root="net")
     with hooks.record(model, "net.layer4") as rec, torch.no_grad():
         logits = model(x)
     assert torch.allclose(tail(rec.activations["net.layer4"]), logits, atol=1e-5)
     # inside a residual block the skip connection reads the block's input: no cut
-    assert cam_module.layer_tail(model, "net.layer4.0.conv1", root="net") is None
+    assert scored_cam.layer_tail(model, "net.layer4.0.conv1", root="net") is None
 
 
 @pytest.mark.parametrize("method", ["xgradcam", "layercam", "eigencam", "ablationcam"])

@@ -250,4 +250,4 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradc
 
 # every module registers its methods on import; methods() orders them by FAMILY_ORDER,
 # and within a family by the order of this import line
-from . import saliency, cam, perturbation, superpixel, anchors  # noqa: E402,F401,I001
+from . import saliency, cam, scored_cam, perturbation, superpixel, anchors  # noqa: E402,F401,I001
