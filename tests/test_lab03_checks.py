@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labtools import fails_saying, solution_function, verdict
+from labtools import fails_saying, solution_function
 from xailab import optvis
 from xailab.checks import core, lab03
 
@@ -25,15 +25,8 @@ def loop(step):
 
 
 def _with_step_passed(check, fn, *words):
-    """Like fails_saying, for a check that needs exercise 1 (ascent_step) passed first."""
-    core.reset()
-    core._PASSED.add("ascent_step")
-    report = check(fn, verbose=False)
-    said = verdict(report)
-    assert not report.passed, f"{check.__name__} passed {fn!r}"
-    for w in words:
-        assert w.lower() in said, f"{check.__name__}: expected {w!r} in:\n{said}"
-    return said
+    """fails_saying for a check that needs exercise 1 (ascent_step) passed first."""
+    return fails_saying(check, fn, *words, passed=("ascent_step",))
 
 
 def _step(model, image, score_fn, lr, shift, blur_sigma, normalise=True, sign=1.0, clamp=True):
