@@ -10,37 +10,18 @@ import pytest
 import torch
 
 import xailab
-from xailab import hooks, models
+from xailab import hooks
 from xailab.attribution import cam as cam_module
 from xailab.attribution import scored_cam
-from xailab.data import shapes
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 
+from test_cam import TARGETS, correlation, x, zoo  # noqa: E402,F401 - the same images, models, measure
+
 MODELS = ["shapesnet", "shapesvgg", "resnet18"]
-TARGETS = torch.tensor([0, 1, 2, 3, 4, 5])
-
-
-@pytest.fixture(scope="module")
-def x():
-    return shapes("test", 6, seed=11).images()
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    torch.manual_seed(0)                         # resnet18 is randomly initialised
-    return {"shapesnet": models.load("shapesnet"), "shapesvgg": models.load("shapesvgg"),
-            "resnet18": models.load_torchvision("resnet18")}
-
-
-def correlation(a, b):
-    a = torch.as_tensor(a).reshape(len(a), -1).double()
-    b = torch.as_tensor(b).reshape(len(b), -1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-300)
 
 
 def assert_same(model, x, method, ref, what):

@@ -1,6 +1,6 @@
 """How xailab runs a model, in one place: the model's device, checks of counts and
-sizes, eval mode with everything restored, forward passes in batches without
-autograd, and the fast inference copy with its memory layout.
+sizes, eval mode with everything restored, batch slices, and the fast inference
+copy with its memory layout.
 
 Every module that runs a model for many images goes through these helpers, so a
 change (a new device, a better batch size) is made once.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["device_of", "positive_int", "evaluating", "batched", "forward_batches",
+__all__ = ["device_of", "positive_int", "evaluating", "batched",
            "inference_copy", "fast_layout", "default_batch_size"]
 
 
@@ -55,16 +55,6 @@ def batched(n: int, batch_size: int):
     """``slice`` objects that cover ``range(n)`` in steps of ``batch_size``."""
     batch_size = positive_int(batch_size, "batch_size")
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-
-
-def forward_batches(model: nn.Module, x: torch.Tensor, batch_size: int | None = None,
-                    fast: bool = True) -> torch.Tensor:
-    """``model(x)`` in eval mode without autograd, ``batch_size`` images per pass (default
-    ``default_batch_size``), through the inference copy when ``fast``; outputs concatenated."""
-    batch_size = default_batch_size(x) if batch_size is None else batch_size
-    with evaluating(model):
-        net = inference_copy(model) if fast else model
-        return torch.cat([net(fast_layout(x[s])) for s in batched(len(x), batch_size)])
 
 
 def fast_layout(x: torch.Tensor) -> torch.Tensor:

@@ -53,8 +53,3 @@ def forbidding(topics):
         yield
     finally:
         _FORBIDDEN.reset(token)
-
-
-def forbidden() -> frozenset:
-    """The topics forbidden right now (empty outside a check)."""
-    return _FORBIDDEN.get()
