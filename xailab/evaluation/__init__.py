@@ -5,11 +5,13 @@
 - ``faithfulness``: deletion and insertion curves;
 - ``robustness``: max-sensitivity;
 - ``sanity``: model and data randomisation, map similarities, shortcut exposure;
+- ``intervals``: bootstrap intervals and paired comparisons (A beats B, or a tie);
 - ``table``: the comparison table of every method on every model.
 
 Every name is available as ``xailab.evaluation.<name>``.
 """
 from .faithfulness import _curve_auc, blurred, deletion, insertion  # noqa: F401
+from .intervals import Interval, bootstrap_interval, paired_difference, verdict  # noqa: F401
 from .localisation import (Box, box_from_map, box_iou, largest_region, localisation,  # noqa: F401
                            localisation_accuracy, pointing_game, relevance_mass, relevance_rank)
 from .robustness import max_sensitivity, uniform_perturbation  # noqa: F401
