@@ -50,6 +50,21 @@ def test_notebook_conventions(path):
         assert (ROOT / "solutions" / path.name).exists() and (ROOT / "labs" / path.name).exists()
 
 
+@pytest.mark.parametrize("path", LECTURES, ids=lambda p: p.name)
+def test_every_lecture_opens_with_its_time_and_closes_with_takeaways_and_self_checks(path):
+    cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    assert "learning goals" in cells[0].lower()
+    assert re.search(r"\*\*Estimated time:\*\* about \d+ minutes", cells[0]), "state the estimated time"
+    takeaways = [c for c in cells if c.startswith("## Key takeaways")]
+    assert len(takeaways) == 1, "one '## Key takeaways' cell"
+    assert 4 <= len(re.findall(r"^- ", takeaways[0], re.M)) <= 6, "4-6 takeaway bullets"
+    checks = [c for c in cells if c.startswith("## Check your understanding")]
+    assert len(checks) == 1, "one '## Check your understanding' cell"
+    answers = re.findall(r"<details>\s*<summary>Answer</summary>.+?</details>", checks[0], re.S)
+    assert 2 <= len(answers) <= 3, "2-3 questions, each answer in <details><summary>Answer</summary>"
+    assert f"labs/{path.name}" in "\n".join(cells[-3:]), "end by pointing to the lab"
+
+
 def _names(reqs):
     return sorted(re.split(r"[<>=\[ ]", r, maxsplit=1)[0].lower() for r in reqs)
 
