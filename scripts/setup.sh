@@ -26,3 +26,14 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -e "$spec"
   touch "$stamp"
 fi
+# Web assets for the offline slides, HTML and website, and the JupyterHub proxy
+# (package.json at the root): installed with npm ci when package-lock.json changed.
+lock_stamp="node_modules/.xailab-installed-$(sha256sum package-lock.json | cut -c1-16)"
+if [ ! -f "$lock_stamp" ]; then
+  if command -v npm >/dev/null; then
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$lock_stamp"
+  else
+    echo "setup: npm not found: install Node.js >= 18 (with npm) for offline slides, the website and the hub test" >&2
+  fi
+fi

@@ -17,9 +17,9 @@ outputs, prints each one's time and, with ``--html``, exports HTML to ``build/``
 ``slides`` gives every lecture cell its slide type from the headings (``#``/``##``
 start a slide, ``###`` a sub-slide, everything else continues the current one),
 keeping types an instructor set by hand unless ``--reset``; ``export-slides``
-writes reveal.js slides (nbconvert) to ``build/slides/``. The exported HTML loads
-reveal.js from its CDN when opened; offline, present live in JupyterLab with
-RISE (``jupyterlab-rise`` is installed): open a lecture and press Alt+R.
+writes reveal.js slides (nbconvert) to ``build/slides/``. Decks and HTML load
+reveal.js, MathJax and their fonts from ``build/assets/`` (``xailab.offline``), so they
+work without a network; to present live, use RISE in JupyterLab (Alt+R).
 """
 from __future__ import annotations
 
@@ -297,18 +297,16 @@ def slides(paths=None, reset: bool = False, check: bool = False) -> list[Path]:
 
 
 def export_slides(paths=None, out: Path = ROOT / "build" / "slides") -> list[Path]:
-    """Export lectures to reveal.js HTML slides (one file per lecture) in ``out``."""
-    from nbconvert import SlidesExporter
+    """Export lectures to reveal.js HTML slides (one file per lecture) in ``out``; their
+    reveal.js and MathJax are copied to ``out/../assets``."""
+    from xailab.offline import export_html
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in lecture_paths(paths):
         nb = nbformat.read(path, as_version=4)
         add_slide_metadata(nb)                    # lectures without metadata still get slides
-        body, _ = SlidesExporter().from_notebook_node(nb)
-        target = out / (Path(path).stem + ".slides.html")
-        target.write_text(body)
+        target = export_html(nb, out / (Path(path).stem + ".slides.html"), slides=True, build=out.parent)
         written.append(target)
         print(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}")
     return written
@@ -330,10 +328,8 @@ def execute(paths: list[Path], html: bool = False, save: bool = True, timeout: i
         if save:
             nbformat.write(nb, path)
         if html:
-            from nbconvert import HTMLExporter
-            out = ROOT / "build" / path.parent.name / (path.stem + ".html")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(HTMLExporter().from_notebook_node(nb)[0])
+            from xailab.offline import export_html
+            export_html(nb, ROOT / "build" / path.parent.name / (path.stem + ".html"))
     print(f"total: {sum(times.values()):.1f} s for {len(times)} notebooks")
     return times
 
