@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (Python >= 3.11) and install xailab with its dependencies.
-# Usage: scripts/setup.sh [dev]   -- "dev" adds the test tools and reference libraries.
+# Usage: scripts/setup.sh [dev|instructor]   -- "dev" adds the test tools and reference
+# libraries, "instructor" the website builder and nbgrader.
 # Installs only when pyproject.toml changed since the last install (stamp file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || { echo "xailab needs Python >= 3.11; install it and rerun" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-spec="."; [ "$extra" = "dev" ] && spec=".[dev]"
+spec="."; [ -n "$extra" ] && spec=".[$extra]"
 stamp=".venv/.xailab-installed-$extra-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   # the pinned torch wheel is the CUDA build (it runs on the CPU too): about 7 GB in .venv
