@@ -133,7 +133,10 @@ def test_guided_gradcam_equals_captum_with_bilinear_upsampling(zoo, x):
         assert torch.allclose(heat, ref.abs().amax(1))
 
 
-def test_scorecam_by_hand_and_independent_of_batch_size(zoo, x):
+def test_scorecam_follows_the_papers_algorithm_and_is_independent_of_batch_size(zoo, x):
+    """Algorithm 1 of the paper written out, baseline included: S_k = f^c(x * H_k) - f^c(x_b)
+    with a black baseline image, weights softmax_k(S_k). The baseline is one number per
+    image, so it cancels in the softmax: the default needs no baseline pass."""
     model = zoo["shapesvgg"]
     xs, t = x[:2], TARGETS[:2]
     with hooks.record(model, "features.block3") as rec, torch.no_grad():
@@ -143,11 +146,74 @@ def test_scorecam_by_hand_and_independent_of_batch_size(zoo, x):
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
     masks = (up - lo) / (hi - lo).clamp_min(1e-12)
     with torch.no_grad():
-        scores = torch.stack([model(xs[n] * masks[n][:, None])[:, t[n]] for n in range(2)])
+        masked = torch.stack([model(xs[n] * masks[n][:, None])[:, t[n]] for n in range(2)])
+        baseline = model(torch.zeros_like(xs)).gather(1, t[:, None])
+    scores = masked - baseline
+    assert not torch.allclose(scores, masked)                # the baseline score is not zero here
     want = (torch.softmax(scores, 1)[:, :, None, None] * a).sum(1).clamp_min(0)
     for bs in (7, 64, 1000):
         got = xailab.explain(model, xs, t, method="scorecam", upsample=False, batch_size=bs)
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    explicit = xailab.explain(model, xs, t, method="scorecam", upsample=False, output="logit")
+    assert torch.equal(explicit, xailab.explain(model, xs, t, method="scorecam", upsample=False))
+
+
+def released_scorecam(model, layer, x, target):
+    """Score-CAM as the authors' released code computes it, one image and one channel at a
+    time: skip constant channels, scale the upsampled channel to [0, 1], mask the image,
+    weight the upsampled channel by the class probability of the masked image, sum, ReLU."""
+    maps = []
+    for n in range(len(x)):
+        with hooks.record(model, layer) as rec, torch.no_grad():
+            model(x[n:n + 1])
+        a = rec.activations[layer]
+        total = torch.zeros(1, 1, *x.shape[-2:])
+        for k in range(a.shape[1]):
+            up = torch.nn.functional.interpolate(a[:, k:k + 1], size=x.shape[-2:], mode="bilinear",
+                                                 align_corners=False)
+            if up.max() == up.min():
+                continue
+            mask = (up - up.min()) / (up.max() - up.min())
+            with torch.no_grad():
+                p = torch.softmax(model(x[n:n + 1] * mask), 1)[0, target[n]]
+            total += p * up
+        maps.append(total.clamp_min(0)[0, 0])
+    return torch.stack(maps)
+
+
+class _DeadChannel(torch.nn.Module):
+    """A GAP network whose channel 2 is 1 everywhere after the ReLU (a constant channel)."""
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv.weight[2] = 0
+            self.conv.bias[2] = 1.0
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["shapesnet", "shapesvgg", "dead channel"])
+def test_scorecam_probability_weighting_equals_the_authors_released_code(zoo, x, name):
+    model = _DeadChannel().eval() if name == "dead channel" else zoo[name]
+    layer = "relu" if name == "dead channel" else model.default_layer
+    xs, t = x[:2], TARGETS[:2] % 3
+    want = released_scorecam(model, layer, xs, t)
+    got = xailab.explain(model, xs, t, method="scorecam", layer=layer, output="probability", batch_size=5)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    with pytest.raises(ValueError, match="'logit'.+'probability'"):
+        xailab.explain(model, xs, t, method="scorecam", layer=layer, output="probabilities")
+    if name == "dead channel":                 # skipped, its constant 1 would lift every map
+        assert bool((model.relu(model.conv(xs))[:, 2] == 1).all())
+        return
+    paper = xailab.explain(model, xs, t, method="scorecam", layer=layer)   # a different weighting
+    assert not torch.allclose(paper / paper.amax((1, 2), keepdim=True).clamp_min(1e-12),
+                              got / got.amax((1, 2), keepdim=True).clamp_min(1e-12), atol=1e-3)
 
 
 def test_cam_refuses_heads_without_global_average_pooling(zoo, x):

@@ -17,9 +17,9 @@ from .cam import CAM, LayerPass, finish, layer_pass, weighted_sum
 
 # ---------------------------------------------------------------- Score-CAM (gradient-free)
 
-def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
+def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False, probs=False):
     """Class score of each image masked by each of its normalised, upsampled channels:
-    [N,C]. Masks are built batch by batch (never all N*C images at once); channels
+    [N,C], logits (``probs=True``: softmax probabilities). Masks are built batch by batch (never all N*C images at once); channels
     that are constant give an all-zero mask and share one forward pass."""
     n, c = a.shape[:2]
     batch_size = default_batch_size(x) if batch_size is None else positive_int(batch_size, "batch_size")
@@ -29,7 +29,8 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
     with torch.no_grad():
         net = inference_copy(model)
         if not bool(flat.all()):
-            zero = net(torch.zeros_like(x[:1]))[0]
+            zero = net(torch.zeros_like(x[:1]))
+            zero = (zero.softmax(1) if probs else zero)[0]
             scores[~(hi > lo)] = zero[t[:, None].expand(n, c)[~(hi > lo)]]
         pairs = torch.nonzero(flat).squeeze(1)
         for s in range(0, len(pairs), batch_size):
@@ -39,26 +40,57 @@ def scorecam_scores(model, x, a, t, batch_size=None, align_corners=False):
             mlo, mhi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
             m = (m - mlo) / (mhi - mlo).clamp_min(1e-12)
             out = net(fast_layout(x[i] * m))
+            out = out.softmax(1) if probs else out
             scores[i, k] = out.gather(1, t[i][:, None])[:, 0]
     return scores
 
 
-@register("scorecam", "cam", "gradient-free: each channel weighted by the class score of the image "
-          "masked with that channel (softmax over channels)",
-          "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu 2020, CVPR Workshops", cost="slow", **CAM)
+SCORECAM_OUTPUTS = ("logit", "probability")
 
+
+def scorecam_weights(scores: torch.Tensor, constant: torch.Tensor, output: str = "logit") -> torch.Tensor:
+    """Channel weights [N,C] from the masked images' class outputs [N,C].
+
+    ``output="logit"``: ``scores`` are class logits and the weights their softmax over the
+    channels, the paper's Algorithm 1. The paper subtracts a baseline image's score first;
+    that is one number per image, and a softmax does not change when the same number is
+    subtracted from all its inputs, so the baseline has no effect and is left out (as in
+    pytorch-grad-cam). ``output="probability"``: ``scores`` are class probabilities and
+    are the weights themselves, as in the authors' released code, which skips
+    ``constant`` channels (their mask is all zero), so those get weight 0."""
+    if output == "logit":
+        return torch.softmax(scores, dim=1)
+    return scores.masked_fill(constant, 0.0)
+
+
+@register("scorecam", "cam", "gradient-free: each channel weighted by the class score of the image "
+          "masked with that channel (softmax over channels; output='probability': its class probability)",
+          "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu 2020, CVPR Workshops", cost="slow", **CAM)
 def scorecam(model, x, target=None, layer=None, upsample=True, relu=True, batch_size=None,
-             align_corners=False):
-    """L = ReLU(sum_k softmax_k(f^c(x * s(Up(A_k)))) A_k), s = min-max scaling to [0, 1].
+             align_corners=False, output="logit"):
+    """L = ReLU(sum_k w_k A_k) with w_k from the class output of x * s(Up(A_k)), s = min-max
+    scaling to [0, 1]. Two published weightings, chosen by ``output``:
+
+    * ``"logit"`` (default): w = softmax_k(f^c(x * s(Up(A_k)))), the paper's Algorithm 1
+      (its baseline subtraction cancels in the softmax) and pytorch-grad-cam's ScoreCAM;
+    * ``"probability"``: w_k = softmax(f(x * s(Up(A_k))))_c, the class probability of each
+      masked image, as in the authors' released code (no softmax over channels; constant
+      channels are skipped).
 
     ``batch_size`` masked images go through the model at once (default: 32 on the CPU,
     256 on an accelerator). There are C masked images per input image; channels that are
     constant share one pass.
     ``align_corners`` says how the masks are upsampled: ``False`` as in the authors'
     code, ``True`` as in pytorch-grad-cam (the weights differ slightly)."""
+    if output not in SCORECAM_OUTPUTS:
+        raise ValueError(f"output must be 'logit' (the paper: softmax over the channels of the class "
+                         f"logits) or 'probability' (the authors' code: the class probability of each "
+                         f"masked image), got {output!r}")
     p = layer_pass(model, x, target, layer, gradients=False)
-    w = torch.softmax(scorecam_scores(model, x, p.activations, p.target, batch_size, align_corners), dim=1)
-    return finish(weighted_sum(p.activations, w, relu), x, upsample)
+    a = p.activations
+    scores = scorecam_scores(model, x, a, p.target, batch_size, align_corners, probs=output == "probability")
+    w = scorecam_weights(scores, a.amin((2, 3)) == a.amax((2, 3)), output)
+    return finish(weighted_sum(a, w, relu), x, upsample)
 
 
 # ---------------------------------------------------------------- Ablation-CAM (gradient-free)
