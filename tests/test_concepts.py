@@ -130,3 +130,31 @@ def test_inputs_are_checked_and_folders_are_read(model, sets, tmp_path):
         write_png((watermark[i] * 255).round().to(torch.uint8), str(tmp_path / f"{i}.png"))
     loaded = concepts.load_images(tmp_path)
     assert torch.allclose(loaded, (watermark[:3] * 255).round() / 255, atol=1e-6)
+
+
+def test_holm_correction_matches_the_step_down_rule():
+    p = torch.tensor([0.01, 0.04, 0.03, 0.005], dtype=torch.float64)
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> running max
+    want = torch.tensor([0.03, 0.06, 0.06, 0.02], dtype=torch.float64)
+    assert torch.allclose(concepts.holm(p), want)
+    # 0.5 * 2 = 1.0 and 0.9 * 1 = 0.9: the running maximum keeps the order, so both are 1
+    assert torch.equal(concepts.holm(torch.tensor([0.5, 0.9], dtype=torch.float64)),
+                       torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+
+def test_one_concept_set_per_run_and_the_holm_correction(model, sets):
+    watermark, randoms, hearts = sets
+    pool = concepts.watermarked(6 * 48, seed=11)
+    per_run = [pool[i::6] for i in range(6)]
+    classes = {"heart": hearts, "circle": concepts.class_images(["circle"], n=20)["circle"]}
+    result = concepts.tcav(model, LAYER, per_run, randoms, classes, name="watermark")
+    assert result.correction == "holm" and result.significant[0] and result.scores[0] >= 0.9
+    assert torch.allclose(result.p_adjusted, concepts.holm(result.p_values))
+    assert bool((result.significant == (result.p_adjusted < 0.05)).all())
+    plain = concepts.tcav(model, LAYER, per_run, randoms, classes, correction="none")
+    assert torch.equal(plain.p_adjusted, plain.p_values)
+    assert "p (holm)" in result.table().columns
+    with pytest.raises(ValueError, match="one concept set per run"):
+        concepts.tcav(model, LAYER, per_run[:3], randoms, classes)
+    with pytest.raises(ValueError, match="correction"):
+        concepts.tcav(model, LAYER, per_run, randoms, classes, correction="bonferroni")

@@ -14,7 +14,14 @@ TCAV asks how much the concept pushes a class score:
 One CAV depends on the random set it was trained against, so the test is repeated
 with many random sets, and the scores are compared (two-sided t-test) with those of
 CAVs trained between two random sets. A score is reported only when the difference
-is significant; otherwise it is NaN.
+is significant; otherwise it is NaN. Testing several classes at once, the p-values are
+Holm-corrected (``correction="holm"``, the default) so that the chance of any false
+"significant" stays below ``alpha``.
+
+The concept may be one image set, used in every run as in the paper, or one set per
+run (a list, as long as ``random_sets``). Only the second makes the runs independent
+draws of the concept: with one fixed set every run shares its particular images, and
+the t-test then also rejects for a set of random images when there are enough runs.
 
 The classifier is scikit-learn's L2 logistic regression on a seeded split
 (deterministic, and it converges in a fraction of a second on these activations);
@@ -41,7 +48,7 @@ from .solving import solves
 
 __all__ = ["tcav", "TCAVResult", "train_cav", "directional_derivatives", "tcav_score",
            "layer_activations", "load_images", "broden_concept", "objects_coloured", "watermarked", "random_sets",
-           "class_images"]
+           "class_images", "holm"]
 
 
 @dataclass
@@ -52,12 +59,14 @@ class TCAVResult:
     classes: list
     scores: torch.Tensor             # [K] mean TCAV score over runs; NaN where not significant
     p_values: torch.Tensor           # [K] two-sided t-test, concept runs vs random runs
-    significant: torch.Tensor        # [K] bool, p < alpha
+    significant: torch.Tensor        # [K] bool, corrected p < alpha
     cav_accuracy: float              # mean held-out accuracy of the concept CAVs
     concept_scores: torch.Tensor     # [R,K] TCAV score of each concept CAV (one per random set)
     random_scores: torch.Tensor      # [R,K] the same for CAVs trained random vs random
     accuracies: torch.Tensor = field(default=None)   # [R] held-out accuracy of each concept CAV
     alpha: float = 0.05
+    p_adjusted: torch.Tensor = field(default=None)   # [K] p-values after the correction
+    correction: str = "holm"
 
     def table(self):
         """A pandas DataFrame: one row per class."""
@@ -68,7 +77,11 @@ class TCAVResult:
                              "random": self.random_scores.mean(0).numpy(),
                              "random sd": self.random_scores.std(0).numpy(),
                              "p": self.p_values.numpy(),
+                             f"p ({self.correction})": self.adjusted().numpy(),
                              "significant": self.significant.numpy()}).set_index("class")
+
+    def adjusted(self) -> torch.Tensor:
+        return self.p_values if self.p_adjusted is None else self.p_adjusted
 
 
 # ---------------------------------------------------------------- image sets
@@ -244,16 +257,33 @@ def _t_test(a: torch.Tensor, b: torch.Tensor) -> float:
     return p
 
 
+def holm(p_values: torch.Tensor) -> torch.Tensor:
+    """Holm's step-down correction (1979): the k-th smallest of m p-values is multiplied
+    by m - k + 1, then made non-decreasing in that order and capped at 1. Rejecting
+    where the result is below alpha keeps the family-wise error rate at alpha."""
+    order = p_values.argsort()
+    m = len(p_values)
+    scaled = p_values[order] * torch.arange(m, 0, -1, dtype=p_values.dtype)
+    adjusted = torch.empty_like(p_values)
+    adjusted[order] = scaled.cummax(0).values.clamp(max=1.0)
+    return adjusted
+
+
 @solves("concepts.tcav")
 def tcav(model: nn.Module, layer, concept, random_sets, classes, alpha: float = 0.05,
-         seed: int = 0, batch_size=None, name: str = "concept", classifier: str = "logistic") -> TCAVResult:
-    """TCAV of ``concept`` (images [N,3,H,W] or a folder) for ``classes`` at ``layer``.
+         seed: int = 0, batch_size=None, name: str = "concept", classifier: str = "logistic",
+         correction: str = "holm") -> TCAVResult:
+    """TCAV of ``concept`` for ``classes`` at ``layer``.
 
+    ``concept``: images [N,3,H,W] or a folder, used in every run; or a list of R such
+    sets, set i in run i (independent runs, see the module docstring).
     ``random_sets``: a list of R >= 2 counter-example image sets; CAV i is trained
     concept vs random set i, random CAV i random set i vs random set i+1 (cyclically).
     ``classes``: ``{class name or index: images of that class}`` (see ``class_images``).
+    ``correction``: ``"holm"`` (over the classes) or ``"none"``.
     Returns a ``TCAVResult``: ``.scores`` (NaN where not significant at ``alpha``),
-    ``.p_values``, ``.cav_accuracy``, the per-run scores and ``.table()``.
+    ``.p_values`` (uncorrected), ``.p_adjusted``, ``.cav_accuracy``, the per-run scores
+    and ``.table()``.
     """
     layer = resolve_layer(model, layer)
     if len(random_sets) < 2:
@@ -261,11 +291,16 @@ def tcav(model: nn.Module, layer, concept, random_sets, classes, alpha: float = 
     names = list(classes)
     known = getattr(model, "classes", None) or []
     targets = [known.index(c) if isinstance(c, str) else int(c) for c in names]
+    if correction not in ("holm", "none"):
+        raise ValueError(f"correction must be 'holm' or 'none', got {correction!r}")
+    per_run = isinstance(concept, (list, tuple))
+    if per_run and len(concept) != len(random_sets):
+        raise ValueError(f"one concept set per run: {len(concept)} concept sets for {len(random_sets)} random sets")
     acts = lambda imgs: layer_activations(model, layer, load_images(imgs), batch_size)  # noqa: E731
-    concept_acts = acts(concept)
+    concept_acts = [acts(c) for c in concept] if per_run else [acts(concept)] * len(random_sets)
     random_acts = [acts(r) for r in random_sets]
     r = len(random_acts)
-    cavs, accuracy = zip(*[train_cav(concept_acts, random_acts[i], seed + i, classifier=classifier)
+    cavs, accuracy = zip(*[train_cav(concept_acts[i], random_acts[i], seed + i, classifier=classifier)
                            for i in range(r)])
     random_cavs = [train_cav(random_acts[i], random_acts[(i + 1) % r], seed + r + i, classifier=classifier)[0]
                    for i in range(r)]
@@ -274,9 +309,11 @@ def tcav(model: nn.Module, layer, concept, random_sets, classes, alpha: float = 
                                                              all_cavs, batch_size))
                           for c, t in zip(names, targets)], 1).cpu()       # [2R, K]
     concept_scores, random_scores = scores[:r], scores[r:]
-    p = torch.tensor([_t_test(concept_scores[:, k], random_scores[:, k]) for k in range(len(names))])
-    significant = p < alpha
+    p = torch.tensor([_t_test(concept_scores[:, k], random_scores[:, k]) for k in range(len(names))],
+                     dtype=torch.float64)
+    adjusted = holm(p) if correction == "holm" else p
+    significant = adjusted < alpha
     mean = concept_scores.mean(0)
     return TCAVResult(name, layer, names, torch.where(significant, mean, torch.nan), p, significant,
                       float(np.mean(accuracy)), concept_scores, random_scores,
-                      torch.tensor(accuracy), alpha)
+                      torch.tensor(accuracy), alpha, adjusted, correction)

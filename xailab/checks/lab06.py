@@ -1,15 +1,21 @@
-"""Checks for lab 06 (network dissection): the unit-by-concept IoU under the NetDissect
-rule (Bau et al. 2017) and the unit labelling rule.
+"""Checks for lab 06 (network dissection and TCAV): the unit-by-concept IoU under the
+NetDissect rule (Bau et al. 2017), the unit labelling rule, and TCAV's directional
+derivative and score (Kim et al. 2018).
 
     from xailab.checks import lab06
     lab06.check_unit_concept_iou(unit_concept_iou)
         # fn(acts [N,U,h,w], thresholds [U], labels [N,H,W], n_concepts) -> IoU [U, n_concepts]
     lab06.check_label_units(label_units)
         # fn(iou [U, n_concepts], cutoff) -> LongTensor[U] (concept number 1..n, 0 = no label)
+    lab06.check_directional_derivatives(directional_derivatives)
+        # fn(model, layer, images [N,3,H,W], targets [N], cav [D]) -> S [N]
+    lab06.check_tcav_scores(tcav_scores)
+        # fn(derivatives [N], labels [N], n_classes) -> share of S > 0 per class [n_classes]
 
 Each check runs the student's function on fixed inputs while the library code that
 computes the same thing (``dissect.dissect``, ``dissect.unit_masks``,
-``Dissection.best``) refuses to run, compares with a private reference and names the
+``Dissection.best``, ``concepts.directional_derivatives``, ``concepts.tcav_score``)
+refuses to run, compares with a private reference and names the
 common mistakes in words. It prints the verdict and returns the ``Report``.
 """
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import hooks
 from ..solving import solves
-from .core import Report, call, degenerate, finish, name_of, tensor_result
+from .core import Report, call, changed_model, degenerate, diagnose, finish, name_of, tensor_result
+from .lab06_tcav import _derivative_cases, _derivatives, _score_cases, _scores
 
 FORBID_IOU = ("dissect.dissect", "dissect.unit_masks")
 FORBID_LABELS = ("dissect.dissect", "dissect.best")
@@ -231,5 +239,117 @@ def check_label_units(fn, verbose: bool = True) -> Report:
             wrong = (got != want).nonzero().flatten().tolist()
             report.fail(f"cutoff {cutoff}: units {wrong} are labelled {got[wrong].long().tolist()}, "
                         f"expected {want[wrong].long().tolist()}")
+        break
+    return finish(report, verbose)
+
+
+# ---------------------------------------------------------------- TCAV (Kim et al. 2018)
+
+FORBID_DERIVATIVES = ("concepts.directional_derivatives", "concepts.tcav", "cam.layer_pass")
+FORBID_SCORES = ("concepts.tcav_score", "concepts.tcav")
+
+
+def check_directional_derivatives(fn, verbose: bool = True) -> Report:
+    """``fn(model, layer, images, targets, cav)``: images FloatTensor[N,3,H,W], targets
+    LongTensor[N] (each image's class), cav FloatTensor[D] (a unit vector, D = the layer's
+    activation size per image) -> FloatTensor[N]: S(x_n) = grad_A f_{t_n}(x_n) . cav, the
+    gradient of image n's own target logit with respect to the layer's activation A,
+    flattened, dotted with the CAV. The model must be left as it was (no hooks)."""
+    report = Report("check_directional_derivatives", exercise="directional_derivatives",
+                    forbid=FORBID_DERIVATIVES)
+    for k, (net, layer, images, targets, cav) in enumerate(_derivative_cases()):
+        args = (net, layer, images, targets, cav)
+        before = hooks.Snapshot.of(net)
+        raw = call(report, fn, net, layer, images.clone(), targets.clone(), cav.clone())
+        if not report.passed or changed_model(report, fn, before, net):
+            break
+        n = len(images)
+
+        def shape_hint(g, images=images, n=n):
+            if tuple(g.shape) == tuple(images.shape):
+                return ": you returned the images unchanged; return one number S per image"
+            if g.dim() == 2 and g.shape[0] == n:
+                return (": that is one vector per image (the gradient itself?); dot it with the CAV "
+                        "to get one number per image")
+            if g.dim() == 0:
+                return " (one number per image, not one for the whole batch)"
+            return " (one directional derivative per image)"
+        got = tensor_result(report, fn, raw, shape=(n,), what="one number per image", shape_hint=shape_hint)
+        if got is None:
+            break
+        want = _derivatives(*args)
+        mistakes = [
+            (-want, "the sign is flipped: S is the gradient dotted with the CAV, which points "
+             "towards the concept (not away from it)"),
+            (_derivatives(*args, kind="activation"), "you dotted the layer's activations with the CAV: "
+             "S uses the gradient of the target logit with respect to those activations"),
+            (_derivatives(*args, kind="gradient_x_activation"), "you multiplied the gradient by the "
+             "activations first: S is the plain gradient dotted with the CAV"),
+            (_derivatives(*args, kind="cosine"), "you divided by the gradient's length: S is the plain "
+             "dot product, not a cosine"),
+            (_derivatives(*args, output="probability"), "you differentiated the softmax probability: S "
+             "uses the class logit (the model's raw output)"),
+            (_derivatives(*args, target_rule="first"), "every image used the first image's target: each "
+             "image needs the gradient of its own class's logit (targets[n])"),
+            (_derivatives(*args, target_rule="all"), "each image got the gradient of all listed targets' "
+             "logits summed: pick one logit per image, the one of its own target (a gather)"),
+        ]
+        if diagnose(report, got, mistakes) or degenerate(report, got, want):
+            break
+        if k == 0 and _random_answer(report, fn, args, got, "result"):
+            break
+        if report.compare(f"{n} images, layer {layer!r} ({cav.numel()} values per image), targets "
+                          f"{targets.tolist()}", got, want, tol=1e-4):
+            continue
+        break
+    return finish(report, verbose)
+
+
+def check_tcav_scores(fn, verbose: bool = True) -> Report:
+    """``fn(derivatives, labels, n_classes)``: derivatives FloatTensor[N] (S of each image),
+    labels LongTensor[N] (class 0..n_classes-1) -> FloatTensor[n_classes]: for each class,
+    the share of that class's images whose S is above 0."""
+    report = Report("check_tcav_scores", exercise="tcav_scores", forbid=FORBID_SCORES)
+    for k, (derivs, labels, n) in enumerate(_score_cases()):
+        args = (derivs, labels, n)
+        raw = call(report, fn, derivs.clone(), labels.clone(), n)
+        if not report.passed:
+            break
+
+        def shape_hint(g, m=len(derivs), n=n):
+            if tuple(g.shape) == (m,):
+                return ": you returned one value per image (the derivatives unchanged?); return one score per class"
+            if g.dim() == 0:
+                return " (one score per class, not a single number for all images)"
+            return " (one score per class)"
+        got = tensor_result(report, fn, raw, shape=(n,), what="one score per class", shape_hint=shape_hint)
+        if got is None:
+            break
+        want = _scores(*args)
+        overall = torch.full((n,), float((derivs > 0).float().mean()))
+        if torch.allclose(got, overall, atol=1e-6):
+            report.fail("every class got the same share, counted over all images: score each class on its "
+                        "own images (those with that label)")
+            break
+        counts = torch.stack([((derivs > 0) & (labels == c)).sum() for c in range(n)]).float()
+        mistakes = [
+            (_scores(*args, rule="nonnegative"), "you counted S >= 0: an image counts only when S > 0 "
+             "(S = 0 does not push the class up)"),
+            (_scores(*args, rule="negative"), "you counted the images with S < 0: the score is the share "
+             "with S > 0, where the concept pushes the class up"),
+            (_scores(*args, per_class=False), "you divided by the number of all images: divide each class's "
+             "count by the number of images of that class"),
+            (counts, "you returned counts: divide by the number of images of each class to get a share"),
+            (_scores(*args, rule="mean"), "you averaged S itself: the TCAV score counts signs (the share of "
+             "images with S > 0), not sizes"),
+        ]
+        if diagnose(report, got, mistakes) or degenerate(report, got, want):
+            break
+        if k == 0 and _random_answer(report, fn, args, got, "score"):
+            break
+        if report.compare(f"{len(derivs)} images of {n} classes (sizes "
+                          f"{torch.bincount(labels, minlength=n).tolist()}, {int((derivs == 0).sum())} with S = 0)",
+                          got, want, tol=1e-6):
+            continue
         break
     return finish(report, verbose)
