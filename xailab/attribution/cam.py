@@ -235,7 +235,7 @@ def guided_gradcam(model, x, target=None, layer=None):
 
 @register("xgradcam", "cam", "Grad-CAM with each gradient weighted by its channel's share of the "
           "activation (satisfies the sensitivity and conservation axioms)",
-          "Fu, Hu, Dong, Liu & Wu 2020, BMVC", **CAM)
+          "Fu, Hu, Dong, Guo, Gao & Li 2020, BMVC", **CAM)
 def xgradcam(model, x, target=None, layer=None, upsample=True, relu=True):
     """L = ReLU(sum_k w_k A_k), w_k = sum_ij G_k(ij) A_k(ij) / sum_ij A_k(ij)
     (a channel whose activations sum to 0 gets weight 0)."""
