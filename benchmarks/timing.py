@@ -18,3 +18,13 @@ def median_times(fns: dict, repeats: int) -> dict:
         for k, fn in fns.items():
             times[k].append(timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def best_times(fns: dict, repeats: int) -> dict:
+    """Best (minimum) wall time of each function over interleaved repeats: on a shared
+    machine the minimum is the time least disturbed by other load."""
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn))
+    return {k: min(v) for k, v in times.items()}

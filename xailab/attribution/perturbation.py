@@ -27,6 +27,7 @@ from torch import nn
 from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
 from ..solving import solves
 from . import register, resolve_target
+from .incremental import window_scores
 
 __all__ = ["occlusion", "occlusion_windows", "rise", "rise_masks", "target_scores"]
 
@@ -63,7 +64,11 @@ def target_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, outpu
 
 def _scores(net: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool) -> torch.Tensor:
     """``target_scores`` with ``net`` already resolved (loops resolve it once, not per batch)."""
-    out = net(fast_layout(x))
+    return _pick(net(fast_layout(x)), target, probs)
+
+
+def _pick(out: torch.Tensor, target: torch.Tensor, probs: bool) -> torch.Tensor:
+    """The target's score in each row of the model's output [N, classes]."""
     if out.dim() != 2:
         raise ValueError(f"the model returns shape {tuple(out.shape)}; perturbation methods need "
                          "class scores [N, classes]")
@@ -137,8 +142,7 @@ def occlusion_windows(height: int, width: int, window=8, stride=4, device=None):
         if w < side and s > w:
             raise ValueError(f"stride {s} is larger than the window {w}: some pixels would never be "
                              "occluded; use stride <= window")
-    ys = [k * sh for k in range(math.ceil((height - wh) / sh) + 1)]
-    xs = [k * sw for k in range(math.ceil((width - ww) / sw) + 1)]
+    ys, xs = _starts(height, width, wh, ww, sh, sw)
     rows = torch.zeros(len(ys), height, dtype=torch.bool, device=device)
     cols = torch.zeros(len(xs), width, dtype=torch.bool, device=device)
     for i, y in enumerate(ys):
@@ -150,17 +154,44 @@ def occlusion_windows(height: int, width: int, window=8, stride=4, device=None):
     return masks, counts
 
 
-def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs):
-    """[N, H*W] per-pixel attribution (the same for every channel) and the image size."""
+def _starts(height: int, width: int, wh: int, ww: int, sh: int, sw: int):
+    """Window start rows and columns (see ``occlusion_windows``)."""
+    ys = [k * sh for k in range(math.ceil((height - wh) / sh) + 1)]
+    xs = [k * sw for k in range(math.ceil((width - ww) / sw) + 1)]
+    return ys, xs
+
+
+def _window_boxes(height, width, window, stride, device) -> torch.Tensor:
+    """(top, left, bottom, right) of every window, cut at the border, LongTensor[P, 4]
+    in the order of ``occlusion_windows``' masks."""
+    (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
+    ys, xs = _starts(height, width, wh, ww, sh, sw)
+    y = torch.tensor(ys, device=device).repeat_interleave(len(xs))
+    x = torch.tensor(xs, device=device).repeat(len(ys))
+    return torch.stack([y, x, (y + wh).clamp(max=height), (x + ww).clamp(max=width)], 1)
+
+
+def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs, incremental=True):
+    """[N, H, W] per-pixel attribution (the same for every channel). With ``incremental``
+    the occluded images are scored by incremental inference where the model allows
+    (``xailab.attribution.incremental``), else by full forward passes (the plain method)."""
     n, c, h, w = x.shape
     masks, counts = occlusion_windows(h, w, window, stride, device=x.device)
     p = masks.shape[0]
     b = _baseline(baseline, x)
     with torch.no_grad():
-        base = _scores(inference_copy(model), x, target, probs)           # [N]
-        drops = base[:, None] - _pair_scores(
-            model, x, target, p, batch_size=batch_size, probs=probs,
-            make=lambda img, pos: torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img]))
+        fast = None
+        if incremental:
+            fast = window_scores(model, x, target, _window_boxes(h, w, window, stride, x.device),
+                                 _pair(window, "window"), b, batch_size,
+                                 lambda out, t: _pick(out, t, probs))
+        if fast is not None:
+            drops = fast[0][:, None] - fast[1]
+        else:
+            base = _scores(inference_copy(model), x, target, probs)           # [N]
+            drops = base[:, None] - _pair_scores(
+                model, x, target, p, batch_size=batch_size, probs=probs,
+                make=lambda img, pos: torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img]))
         attr = drops @ masks.view(p, -1).to(drops.dtype)                  # [N, H*W]
         attr = attr / counts.view(1, -1).to(drops.dtype)
     return attr.view(n, h, w)

@@ -12,11 +12,14 @@ For every unit (channel) of a layer:
 
 A unit is a *detector* of its best concept when that IoU exceeds ``iou_cutoff``
 (0.04 in the paper). Everything is vectorised in torch and streamed in batches:
-memory depends on the batch size, the number of units and the quantile's top
-buffer, never on the number of images beyond that buffer.
+the data is forwarded once, the layers' activations are kept in memory (or, beyond
+a budget, in a temporary file), and the tally counts only the mask pixels of each
+chunk of upsampled maps. Memory depends on the batch size, the number of units and
+the quantile's top buffer, never on the number of images beyond that buffer.
 
 - ``passes``: ``dissect`` itself; each layer's running sums live in one
-  ``_LayerTally``, filled by a threshold pass and then a tally pass;
+  ``_LayerTally``, filled during the forward pass (thresholds, top images) and the
+  tally (mask pixels per category and concept);
 - ``result``: the ``Dissection`` it returns (IoU table, labels, NetDissect's tally);
 - ``plots``: detectors per layer and each unit's top images under its mask.
 
