@@ -255,13 +255,15 @@ def _shallow_copy(model: nn.Module) -> nn.Module:
 
 def merge_batch_norms(model: nn.Module) -> int:
     """Fold every BatchNorm that directly follows a convolution or linear layer (in the
-    order the modules are registered, as zennit's SequentialMergeBatchNorm does) into that
-    layer's weight and bias, and replace it by ``nn.Identity``. New weight tensors are made;
+    order the modules are registered, as zennit's SequentialMergeBatchNorm does, and only
+    when its channels are the layer's outputs) into that layer's weight and bias, and
+    replace it by ``nn.Identity``. New weight tensors are made;
     shared ones are never written. Returns the number of merged BatchNorms."""
     leaves = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
     merged, previous = 0, None
     for name, m in leaves:
-        if isinstance(m, BATCH_NORMS) and isinstance(previous, AFFINE) and m.running_var is not None:
+        if (isinstance(m, BATCH_NORMS) and isinstance(previous, AFFINE) and m.running_var is not None
+                and m.num_features == previous.weight.shape[0]):      # (densenet: a BN of a concat)
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
                 scale = m.weight * scale
