@@ -146,28 +146,55 @@ class Decoder(nn.Module):
 
 def train_decoder(model: nn.Module, layer: str, images: torch.Tensor, epochs: int = 4,
                   batch_size: int = 32, lr: float = 3e-3, width: int = 64, seed: int = 0,
-                  progress: bool = True) -> Decoder:
+                  progress: bool = True, held_out: torch.Tensor | None = None,
+                  history: dict | None = None, lr_decay: bool = False) -> Decoder:
     """Train a ``Decoder`` to map ``layer`` features of ``images`` [N,3,H,W] back to the
-    images (mean squared pixel error, Adam). The classifier stays frozen and unchanged."""
+    images (mean squared pixel error, Adam). The classifier stays frozen and unchanged.
+
+    ``held_out``: images the decoder never trains on; with ``history`` (a dict), each epoch
+    appends the training loss (mean over the epoch's batches) to ``history["train"]`` and the
+    mean squared error on ``held_out`` to ``history["held_out"]``. ``lr_decay``: the
+    learning rate decays to 0 along a cosine over the run."""
     epochs, batch_size = positive_int(epochs, "epochs"), positive_int(batch_size, "batch_size")
     torch.manual_seed(seed)
     device = device_of(model)
-    feats = torch.cat([features(model, layer, images[s]) for s in batched(len(images), 256)])
+    feats = _batched_features(model, layer, images)
+    held = None if held_out is None else (_batched_features(model, layer, held_out), held_out.to(device))
     dec = Decoder(feats.shape[1], feats.shape[-1], images.shape[-1], width).to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=lr)
+    per_epoch = math.ceil(len(images) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * per_epoch) if lr_decay else None
     g = torch.Generator().manual_seed(seed)
-    with torch.enable_grad(), progress_bar(epochs * math.ceil(len(images) / batch_size), progress,
-                                           f"decoder({layer})") as bar:
+    with torch.enable_grad(), progress_bar(epochs * per_epoch, progress, f"decoder({layer})") as bar:
         for _ in range(epochs):
-            perm = torch.randperm(len(images), generator=g)
+            perm, total = torch.randperm(len(images), generator=g), 0.0
             for s in batched(len(images), batch_size):
                 b = perm[s]
                 loss = F.mse_loss(dec(feats[b]), images[b].to(device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
+                total += float(loss.detach()) * len(b)
                 bar.update(1)
+            if history is not None:
+                history.setdefault("train", []).append(total / len(images))
+                if held is not None:
+                    history.setdefault("held_out", []).append(_decoder_mse(dec, *held))
     return dec.eval()
+
+
+def _batched_features(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """``layer`` features of ``images`` [N,3,H,W], 256 images per forward pass."""
+    return torch.cat([features(model, layer, images[s]) for s in batched(len(images), 256)])
+
+
+def _decoder_mse(decoder: Decoder, feats: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean squared pixel error of ``decoder`` on features ``feats`` of ``images``."""
+    with evaluating(decoder):
+        return float(sum(F.mse_loss(decoder(feats[s]), images[s], reduction="sum")
+                         for s in batched(len(images), 256)) / images.numel())
 
 
 def decode(model: nn.Module, layer: str, decoder: Decoder, images: torch.Tensor) -> torch.Tensor:
