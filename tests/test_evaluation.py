@@ -88,6 +88,16 @@ def test_relevance_mass_and_rank():
         evaluation.relevance_mass(heat, masks[:, :5])
 
 
+def test_relevance_mass_above_the_mean_ignores_a_constant_offset():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[:, :5] = True
+    heat = torch.stack([0.4 + 0.1 * masks[0].float(), torch.full((10, 10), 0.3)])   # RISE-like: no zero point
+    assert float(evaluation.relevance_mass(heat, masks)[0]) == pytest.approx(0.5 / 0.9)
+    assert torch.allclose(evaluation.relevance_mass(heat, masks, above_mean=True), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(evaluation.relevance_mass(heat - 0.4, masks, above_mean=True),
+                          evaluation.relevance_mass(heat, masks, above_mean=True))
+
+
 def test_max_sensitivity_equals_captum_with_the_same_perturbations(shapesnet, shapes_batch):
     from captum.metrics import sensitivity_max
 
@@ -151,19 +161,29 @@ CHEAP = {name: xailab.attribution.get_method(name).cheap for name in xailab.meth
 
 def test_comparison_table_covers_every_registered_method(shapesnet, shapes_batch):
     x, y, masks = shapes_batch
-    rows = evaluation.comparison_table({"shapesnet": shapesnet}, x[:1], masks[:1], options=CHEAP, step=1024,
+    rows = evaluation.comparison_table({"shapesnet": shapesnet}, x[:2], masks[:2], options=CHEAP, step=1024,
                                        n_sensitivity=1, progress=False)
     assert [r["method"] for r in rows] == [*xailab.methods(), "(random map)"]
-    assert all(0 <= r["deletion"] <= 1 and 0 <= r["insertion"] <= 1 and 0 <= r["mass"] <= 1 for r in rows)
-    assert all(r["sensitivity"] >= 0 and -1 <= r["randomised"] <= 1 for r in rows[:-1])
-    text = evaluation.format_table(rows)
-    assert text.count("\n") == len(rows) and "insertion" in text.splitlines()[0]
-    # CAM cannot run on a flatten + FC head: a note instead of scores; the shortcut column
+    assert all(r["images"] == 2 for r in rows)
+    assert all(0 <= r["deletion"].low <= r["deletion"].mean <= r["deletion"].high <= 1 for r in rows)
+    assert all(0 <= r["insertion"].mean <= 1 and 0 <= r["mass"].mean <= 1 for r in rows)
+    assert all(r["sensitivity"].mean >= 0 and -1 <= r["randomised"].mean <= 1 for r in rows[:-1])
+    assert rows[-1]["sensitivity"] is None
+    text = evaluation.format_table(rows, ["model", "method", "deletion", "insertion"])
+    assert text.count("\n") == len(rows) and "insertion" in text.splitlines()[0] and " [" in text
+    # CAM cannot run on a flatten + FC head: a note instead of scores
     rows = evaluation.comparison_table({"shapesvgg": models.load("shapesvgg")}, x[:2], masks[:2],
-                                       methods=["cam", "gradcam"], step=1024, n_sensitivity=1, progress=False,
-                                       shortcut_model=models.load("shapesnet-shortcut"))
-    assert "note" in rows[0] and "deletion" not in rows[0] and "gradcam" in rows[0]["note"]
-    assert 0 <= rows[1]["shortcut"] <= 1 and rows[2]["method"] == "(random map)"
+                                       methods=["cam", "gradcam"], step=1024, n_sensitivity=1, progress=False)
+    assert rows[0]["images"] == 0 and rows[0]["deletion"] is None and "gradcam" in rows[0]["note"]
+    assert rows[1]["images"] == 2 and rows[2]["method"] == "(random map)"
+
+
+def test_shortcut_scores_measure_the_watermark_and_its_quarter():
+    shortcut = models.load("shapesnet-shortcut")
+    rows = evaluation.summary(evaluation.shortcut_scores({"shortcut": shortcut}, ["gradcam"], n=8, progress=False))
+    gradcam, noise = rows.iloc[0], rows.iloc[1]
+    assert noise["method"] == "(random map)" and noise["quarter"].mean == pytest.approx(0.25, abs=0.01)
+    assert gradcam["watermark"].mean > 2 * noise["watermark"].mean and gradcam["quarter"].mean > 0.4
 
 
 def test_bad_input_says_what_to_do(shapesnet, shapes_batch):

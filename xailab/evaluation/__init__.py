@@ -19,4 +19,5 @@ from .localisation import (Box, box_from_map, box_iou, largest_region, localisat
 from .robustness import max_sensitivity, uniform_perturbation  # noqa: F401
 from .sanity import (SIMILARITIES, data_randomisation, hog_similarity, model_randomisation,  # noqa: F401
                      parameter_layers, randomise, shortcut_exposure, spearman, ssim)
-from .table import comparison_table, format_table  # noqa: F401
+from .table import (comparison_table, format_table, image_scores, per_image, score_images,  # noqa: F401
+                    shortcut_scores, summary)

@@ -207,9 +207,15 @@ def _non_negative(h):
 
 
 @solves("evaluation.relevance_mass")
-def relevance_mass(heatmaps, masks) -> torch.Tensor:
-    """Share of the (non-negative) relevance that falls inside the mask, per image."""
+def relevance_mass(heatmaps, masks, above_mean: bool = False) -> torch.Tensor:
+    """Share of the (non-negative) relevance that falls inside the mask, per image.
+
+    ``above_mean=True`` scores the part of each map above its own mean,
+    ``(h - mean(h)).clamp(min=0)``: for maps with no zero point, such as RISE's, where
+    a pixel that does not matter sits at the image's average probability."""
     h, m = _maps_and_masks(heatmaps, masks)
+    if above_mean:
+        h = (h - h.mean((1, 2), keepdim=True)).clamp_min(0)
     _non_negative(h)
     total = h.flatten(1).sum(1)
     inside = (h * m).flatten(1).sum(1)
