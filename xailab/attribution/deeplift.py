@@ -22,6 +22,7 @@ agree (tests/test_rules.py).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
@@ -30,7 +31,6 @@ from .rules import apply_rules
 from .saliency import _baseline_like
 
 ELEMENTWISE = (nn.ReLU, nn.ELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Softplus)
-MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 EPS = 1e-10
 
 
@@ -41,7 +41,9 @@ def _paired(t: torch.Tensor) -> torch.Tensor:
 
 
 def _local_gradient(module, x, grad):
-    """The module's ordinary backward pass for the incoming signal ``grad``."""
+    """The module's output and ordinary backward pass for the incoming signal ``grad``."""
+    if type(module) is nn.ReLU:
+        return x.clamp(min=0), grad * (x > 0)
     xin = x.detach().requires_grad_(True)
     with torch.enable_grad():
         y = module.forward(xin)         # (forward: without the hook that called us)
@@ -57,24 +59,35 @@ def rescale(module, inputs, grad):
     return (torch.where(dx.abs() < EPS, local, grad * dy / dx),)
 
 
+_POOL_FUNCTIONS = {nn.MaxPool1d: F.max_pool1d, nn.MaxPool2d: F.max_pool2d, nn.MaxPool3d: F.max_pool3d}
+
+
+def _route(signal, where, like):
+    """Each output's signal added to the input position it came from (the max pooling's
+    gradient, overlapping windows summed)."""
+    flat = torch.zeros(like.shape[:2] + (like[0, 0].numel(),), dtype=signal.dtype, device=signal.device)
+    return flat.scatter_add_(2, where.flatten(2), signal.flatten(2)).view(like.shape)
+
+
 def rescale_max_pool(module, inputs, grad):
     """Max pooling: the output change Delta y, split as Captum does into the part up to the
     larger of the two maxima (routed to the image's maximum) and the rest (routed to the
     reference's), each passed back like the gradient, then divided by Delta x."""
-    x = inputs[0].detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = module.forward(x)            # (forward: without the hook that called us)
-    image, reference = y.detach().chunk(2)
-    top = torch.max(image, reference)
-    (local,) = torch.autograd.grad(y, x, grad, retain_graph=True)
-    (routed,) = torch.autograd.grad(y, x, grad * torch.cat([top - reference, image - top]))
-    routed = torch.cat(2 * [sum(routed.chunk(2))])
-    dx = _paired(x)
-    return (torch.where(dx.abs() < EPS, local, routed / dx),)
+    x = inputs[0]
+    pool = _POOL_FUNCTIONS[type(module)]
+    with torch.no_grad():
+        y, where = pool(x, module.kernel_size, module.stride, module.padding, module.dilation,
+                        module.ceil_mode, True)
+        image, reference = y.chunk(2)
+        top = torch.max(image, reference)
+        routed = _route(grad * torch.cat([top - reference, image - top]), where, x)
+        routed = torch.cat(2 * [sum(routed.chunk(2))])
+        dx = _paired(x)
+        return (torch.where(dx.abs() < EPS, _route(grad, where, x), routed / dx),)
 
 
 def _rule_of(name, module):
-    if isinstance(module, MAX_POOLS):
+    if type(module) in _POOL_FUNCTIONS:
         return rescale_max_pool
     if isinstance(module, ELEMENTWISE):
         return rescale
