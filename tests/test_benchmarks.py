@@ -1,6 +1,7 @@
 """The benchmark scripts still start: their imports (shared helpers in benchmarks/timing.py,
-the dissection reference from tests/test_dissect.py, Captum, pytorch-grad-cam) resolve and
-their options parse. The measurements themselves run by hand, never in tests."""
+Captum, pytorch-grad-cam) resolve and their options parse; the occlusion and dissection
+benchmarks also run end to end in their quick mode (tiny inputs, one repeat). The full
+measurements run by hand, never in tests."""
 import ast
 import subprocess
 import sys
@@ -25,3 +26,12 @@ def test_benchmark_starts(script):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+@pytest.mark.parametrize("script,expect", [("perturbation.py", "ours / Captum best"),
+                                           ("dissect.py", "peak RSS")])
+def test_quick_mode_runs(script, expect):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True,
+                          text=True, timeout=600, cwd=BENCHMARKS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expect in done.stdout

@@ -24,6 +24,22 @@ from .result import Dissection
 FORWARD_IMAGES_CPU = 8         # images per forward pass on the CPU (larger batches run slower there)
 
 
+def _prefetched(batches):
+    """The items of ``batches``, each read in a background thread while the previous one
+    is used (decoding images and segmentations overlaps the model's work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(batches)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next, it, None)
+        while True:
+            item = pending.result()
+            if item is None:
+                return
+            pending = pool.submit(next, it, None)
+            yield item
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once every wanted layer has fired."""
 
@@ -256,7 +272,7 @@ def _forward_pass(model, data, tallies, fires, device, batch_size, top_k, kept, 
     """The one forward pass: every unit's threshold and top images; the activations go to
     ``kept`` (an ``_Activations``) for the tally."""
     layers = [t.name for t in tallies]
-    for batch in bar(data.batches(batch_size, segmentations=False), "activations"):
+    for batch in bar(_prefetched(data.batches(batch_size, segmentations=False)), "activations"):
         images = batch.images.to(device)
         # on the CPU a few images per forward pass keep the early maps in the caches
         step = FORWARD_IMAGES_CPU if images.device.type == "cpu" else len(images)
@@ -278,7 +294,8 @@ def _tally(data, tallies, device, batch_size, kept, max_elements, bar):
         t.start_tally(data.n_labels, len(data.categories), device)
     truth = torch.zeros(data.n_labels + 1, dtype=torch.float64, device=device)
     u_max = max(t.n_units for t in tallies)
-    for b_no, batch in enumerate(bar(data.batches(batch_size, images=False), f"IoU {', '.join(layers)}")):
+    batches = _prefetched(data.batches(batch_size, images=False))
+    for b_no, batch in enumerate(bar(batches, f"IoU {', '.join(layers)}")):
         acts = kept.get(b_no)
         pixels, whole = batch.pixels.to(device), batch.whole.to(device)
         labelled = batch.labelled.to(device).double()
