@@ -1,4 +1,6 @@
 """xailab.optvis: the measured outcomes of lectures 03 and 07, references, and model hygiene."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -125,6 +127,30 @@ def test_learned_decoder_beats_the_mean_image_on_held_out_images(shapesnet):
     deep = optvis.train_decoder(shapesnet, "features.block3", train, epochs=2, width=32, progress=False)
     deep_mse = float((optvis.decode(shapesnet, "features.block3", deep, held) - held).pow(2).mean())
     assert mse < 0.7 * deep_mse and deep_mse < mean_mse, (mse, deep_mse, mean_mse)
+
+
+def test_decoder_history_records_training_and_held_out_loss_per_epoch(shapesnet):
+    train = shapes("train", 64, seed=5).images()
+    held = shapes("test", 16, seed=6).images()
+    history = {}
+    dec = optvis.train_decoder(shapesnet, "features.block3.conv2", train, epochs=3, width=8, progress=False,
+                               held_out=held, history=history, lr_decay=True)
+    assert len(history["train"]) == len(history["held_out"]) == 3
+    rec = optvis.decode(shapesnet, "features.block3.conv2", dec, held)
+    assert history["held_out"][-1] == pytest.approx(float((rec - held).pow(2).mean()), rel=1e-5)
+
+
+def test_shipped_decoders_match_their_manifest_and_stopped_improving(shapesnet):
+    from xailab.optvis import decoders
+    _, held = decoders.recipe_images()
+    manifest = json.loads(decoders.MANIFEST.read_text())
+    for layer in decoders.LAYERS:
+        dec, curves = decoders.load_decoder("shapesnet", layer)
+        entry = manifest[decoders.decoder_path("shapesnet", layer).stem]
+        mse = float((optvis.decode(shapesnet, layer, dec, held) - held).pow(2).mean())
+        assert mse == pytest.approx(entry["held_out_mse"], abs=1e-4)
+        h = curves["held_out"]
+        assert len(h) == entry["recipe"]["epochs"] and abs(h[-1] - h[-4]) < 0.05 * h[-4], (layer, h)
 
 
 def test_step_cap_from_the_environment(monkeypatch, shapesnet):
