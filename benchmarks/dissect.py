@@ -11,8 +11,6 @@
     python benchmarks/dissect.py [--n 300] [--size 128] [--memory 300 3000] [--quick]
 """
 import argparse
-import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -87,17 +85,16 @@ def lower_bound(model, layer, folder, batch_size=64):
     return {f"bound ({step} per pass)": (lambda step=step: run(step)) for step in (1, 8, 64)}
 
 
-def peak_rss(n: int, size: int, batch_size: int) -> float:
-    """Peak resident memory (MB) of a fresh process that dissects ``n`` images."""
-    code = (f"import resource, tempfile, torch\nfrom pathlib import Path\nfrom xailab import dissect, models\n"
-            f"from xailab.data import broden\nwith tempfile.TemporaryDirectory() as tmp:\n"
-            f"    folder = broden.make_synthetic(Path(tmp) / 's', {n}, size={size})\n"
-            f"    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"    dissect.dissect(models.load('shapesnet'), 'features.block3', folder, batch_size={batch_size},"
-            f" progress=False)\n"
-            f"    print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return [float(v) for v in out.stdout.split()]
+def peak_rss(folder, batch_size: int) -> tuple[float, float]:
+    """Peak resident memory (MB) of a fresh process before and after it dissects ``folder``
+    (made by this process, so making the data does not count)."""
+    code = ("import resource, sys\nfrom xailab import dissect, models\n"
+            "model = models.load('shapesnet')\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"dissect.dissect(model, 'features.block3', sys.argv[1], batch_size={batch_size}, progress=False)\n"
+            "print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True)
+    return tuple(float(v) for v in out.stdout.split())
 
 
 def main():
@@ -132,9 +129,9 @@ def main():
             print("  " + "  ".join(f"{k} {v:.2f}s" for k, v in best.items() if k.startswith("bound")))
     print("peak RSS of dissect (shapesnet, features.block3, batch 64, fresh process):")
     for n in args.memory:
-        before, after = peak_rss(n, args.size, 64)
-        print(f"  {n:5d} images: {after:7.0f} MB (after making the data: {before:.0f} MB)")
-
+        with tempfile.TemporaryDirectory() as tmp:
+            before, after = peak_rss(broden.make_synthetic(Path(tmp) / "synthetic", n, size=args.size), 64)
+        print(f"  {n:5d} images: {after:7.0f} MB (after loading torch and the model: {before:.0f} MB)")
 
 if __name__ == "__main__":
     main()

@@ -211,7 +211,12 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, window=8, stride=4
     and the drop ``f_t(x) - f_t(x_occluded)`` of the target logit (``output="probability"``:
     probability) is spread over the patch; each pixel gets the average drop of
     the windows that cover it. ``batch_size`` occluded images share a forward
-    pass (default: 32 on the CPU, 256 on a GPU): ``ceil(N * positions /
+    pass (default: 32 on the CPU, 256 on a GPU). When torch.fx can trace the
+    model, each pass recomputes only the region every window changes, layer by
+    layer, from the unoccluded image's cached maps (incremental inference,
+    ``xailab.attribution.incremental``; same values up to float rounding, several
+    times faster); otherwise (untraceable code, hooks, modules from outside
+    torch/torchvision/xailab) it runs the whole model: ``ceil(N * positions /
     batch_size)`` passes plus one for ``f(x)``.
 
     Returns FloatTensor[N,H,W] (``reduce="mean"``: the per-pixel value, which is
