@@ -16,7 +16,8 @@ A *composite* says which rule each layer gets; the four here are zennit's (0.5.1
 with epsilon = 1e-6 (also the stabiliser of the other rules); average pooling and
 residual sums get the ``norm`` rule, BatchNorm is merged into the layer before it, the
 model's input normalisation passes relevance through unchanged, ReLU, max pooling and
-reshapes keep their gradient. The z^B box is the range that [0, 1] images take at the
+reshapes keep their gradient (for ReLU the same as zennit's pass rule: every rule above it
+multiplies by its input, so a unit that ReLU set to zero receives no relevance). The z^B box is the range that [0, 1] images take at the
 first convolution's input (the model normalises inside): it is found by running a
 black and a white image up to that layer. "First layer" means the first matching module
 in registration order, as in zennit.
@@ -146,7 +147,10 @@ def lrp_rules(net: nn.Module, x: torch.Tensor, composite: str):
 def lrp(model, x, target=None, composite="epsilon_plus"):
     """LRP with one of zennit's composites: "epsilon_plus" (default), "epsilon_plus_flat",
     "epsilon_alpha2_beta1" or "epsilon_gamma_box" (see the module's table). Returns the
-    relevance [N,C,H,W]; it sums to the target's logit up to what biases and epsilon absorb."""
+    relevance [N,C,H,W]. Each layer keeps the share its bias and the stabiliser add to the
+    denominator, sum_in R = sum_out R (z - b) / (z + eps sign z), so without biases the pixels
+    hold the logit to about 1e-4 (alpha2-beta1: exactly only where a unit has both positive
+    and negative contributions)."""
     net = canonical_copy(model)
     _check_supported(net)
     return relevance_pass(net, x, target, lrp_rules(net, x, composite), start="logit")
