@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from . import hooks, viz
 from .attribution import explain, get_method, methods
+from .attribution.attention import encoder_blocks, token_grid
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -231,7 +232,8 @@ class _Widget:
     def _activation(self, x, layer):
         with hooks.frozen(self.model), hooks.record(self.model, [layer]) as rec, torch.no_grad():
             self.model(x)
-        return rec.activations[layer]
+        a = rec.activations[layer]
+        return token_grid(a[:, 1:]) if a.dim() == 3 else a    # transformer tokens: patch grid
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -246,6 +248,10 @@ def _predict(model, x):
 
 
 def _layer_options(model):
+    blocks = encoder_blocks(model)
+    if blocks:                                   # a vision transformer: its encoder blocks
+        default = getattr(model, "default_layer", None) or ""
+        return blocks, next((b for b in blocks if default.startswith(b)), blocks[-1])
     layers = hooks.spatial_layers(model)
     default = getattr(model, "default_layer", None) or hooks.last_spatial_layer(model)
     return layers, (default if default in layers else layers[-1])

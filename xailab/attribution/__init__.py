@@ -33,7 +33,7 @@ from .. import hooks
 from ..runtime import device_of
 from ..solving import refuse
 
-FAMILY_ORDER = ("gradient", "cam", "perturbation", "rule")  # the order of methods() (then registration)
+FAMILY_ORDER = ("gradient", "cam", "perturbation", "rule", "attention")  # the order of methods() (then registration)
 ALIASES = {"internal_batch_size": "batch_size", "steps": "n_steps", "hide_color": "baseline"}
 
 
@@ -250,4 +250,4 @@ def explain(model: nn.Module, x: torch.Tensor, target=None, method: str = "gradc
 
 # every module registers its methods on import; methods() orders them by FAMILY_ORDER,
 # and within a family by the order of this import line
-from . import saliency, cam, scored_cam, perturbation, superpixel, anchors, lrp, deeplift  # noqa: E402,F401,I001
+from . import saliency, cam, scored_cam, perturbation, superpixel, anchors, lrp, deeplift, attention  # noqa: E402,F401,I001
