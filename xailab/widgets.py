@@ -251,7 +251,7 @@ def _layer_options(model):
     blocks = encoder_blocks(model)
     if blocks:                                   # a vision transformer: its encoder blocks
         default = getattr(model, "default_layer", None) or ""
-        return blocks, next((b for b in blocks if default.startswith(b)), blocks[-1])
+        return blocks, next((b for b in blocks if default == b or default.startswith(b + ".")), blocks[-1])
     layers = hooks.spatial_layers(model)
     default = getattr(model, "default_layer", None) or hooks.last_spatial_layer(model)
     return layers, (default if default in layers else layers[-1])
