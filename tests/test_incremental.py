@@ -65,13 +65,11 @@ def test_128_pixels_and_shapesvgg(net, images):
     assert_same(vgg, images[:2].double(), torch.tensor([1, 4]), 8, 6, baseline=0.3)
 
 
-@pytest.mark.parametrize("size,window,stride", [(64, 8, 8), (64, 16, 12), (128, 16, 16), (96, 12, 20)])
+@pytest.mark.parametrize("size,window,stride", [(64, 8, 8), (64, 16, 12), (128, 16, 16), (96, 12, 10)])
 def test_resnet18_residual_blocks(resnet, size, window, stride):
     """Residual sums, strided 1x1 shortcuts (their crop skips rows) and a max pool with padding."""
     torch.manual_seed(size)
     x = torch.rand(1, 3, size, size)
-    if window < stride:
-        pytest.skip("not a valid occlusion (pixels never occluded)")
     assert_same(resnet, x, torch.tensor([7]), window, stride)
 
 
