@@ -261,3 +261,12 @@ def test_nothing_leaks_even_when_a_method_raises(name, images):
 def test_unknown_composite_lists_the_known_ones(images):
     with pytest.raises(ValueError, match="epsilon_plus_flat"):
         xailab.explain(load("shapesnet"), images, method="lrp", composite="alpha_beta")
+
+
+def test_transformers_get_a_clear_error(images):
+    from torchvision.models import VisionTransformer
+    vit = models.TorchvisionModel(VisionTransformer(64, 8, 2, 2, 32, 64, num_classes=6),
+                                  [str(i) for i in range(6)], "net").eval()
+    for method in ("lrp", "excitation_backprop", "deeplift"):
+        with pytest.raises(ValueError, match="attention_rollout"):
+            xailab.explain(vit, images, method=method)

@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import hooks
 from . import register
+from .lrp import refuse_attention
 from .rules import apply_rules
 from .saliency import _baseline_like
 
@@ -101,6 +102,7 @@ def deeplift(model, x, target=None, baseline=None):
     """DeepLIFT (rescale rule) of ``target`` against ``baseline`` (None: black image; a
     number, an image [C,H,W] or a batch [N,C,H,W]). Returns [N,C,H,W], summing over each
     image to about f(x) - f(baseline) for the target."""
+    refuse_attention(model, "deeplift")
     base = _baseline_like(x, baseline).detach()
     xin = x.detach().requires_grad_(True)
     with hooks.HookSet() as hs:

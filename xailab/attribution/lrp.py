@@ -76,6 +76,15 @@ def input_box(net: nn.Module, layer: nn.Module, x: torch.Tensor):
     return torch.minimum(black, white)[None], torch.maximum(black, white)[None]
 
 
+def refuse_attention(model: nn.Module, method: str):
+    """A clear error for a transformer: the rules here are defined for convolutional networks
+    (attention's softmax and products of activations would only get their gradient)."""
+    if any(isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        raise ValueError(f"{method} has rules for convolutional networks only; {type(model).__name__} "
+                         "has attention layers. For a vision transformer use attention_rollout, "
+                         "attention_gradient or token_gradcam")
+
+
 def _check_supported(net: nn.Module):
     odd = [type(m).__name__ for m in net.modules()
            if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))]
@@ -151,6 +160,7 @@ def lrp(model, x, target=None, composite="epsilon_plus"):
     denominator, sum_in R = sum_out R (z - b) / (z + eps sign z), so without biases the pixels
     hold the logit to about 1e-4 (alpha2-beta1: exactly only where a unit has both positive
     and negative contributions)."""
+    refuse_attention(model, "lrp")
     net = canonical_copy(model)
     _check_supported(net)
     return relevance_pass(net, x, target, lrp_rules(net, x, composite), start="logit")
@@ -166,6 +176,7 @@ def excitation_backprop(model, x, target=None, contrastive=False):
     """Excitation backprop: every convolution and linear layer passes probability down with
     the z+ rule, pooling and residual sums with the norm rule. ``contrastive=True`` subtracts
     the map of the target's dual unit (negated output weights): what is specific to the class."""
+    refuse_attention(model, "excitation_backprop")
     net = canonical_copy(model)
     _check_supported(net)
     top = last_affine(net)
