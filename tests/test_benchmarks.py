@@ -29,7 +29,7 @@ def test_benchmark_starts(script):
 
 
 @pytest.mark.parametrize("script,expect", [("perturbation.py", "ours / Captum best"),
-                                           ("dissect.py", "peak RSS")])
+                                           ("dissect.py", "resident memory")])
 def test_quick_mode_runs(script, expect):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True,
                           text=True, timeout=600, cwd=BENCHMARKS)
