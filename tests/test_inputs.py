@@ -1,4 +1,6 @@
 """Bad input gets a clear error from every method and metric, the same for all."""
+import functools
+
 import pytest
 import torch
 
@@ -6,8 +8,10 @@ import xailab
 from xailab import evaluation, hooks
 
 
+@pytest.mark.parametrize("model", ["shapesnet", "shapesvit"])
 @pytest.mark.parametrize("method", xailab.methods())
-def test_every_method_refuses_nan_or_inf_images_and_empty_batches(shapesnet, method):
+def test_every_method_refuses_nan_or_inf_images_and_empty_batches(request, model, method):
+    shapesnet = request.getfixturevalue("shapesnet") if model == "shapesnet" else _vit()
     x = xailab.data.shapes("test", 2).images()
     before = hooks.Snapshot.of(shapesnet)
     for bad in (float("nan"), float("inf")):
@@ -18,6 +22,11 @@ def test_every_method_refuses_nan_or_inf_images_and_empty_batches(shapesnet, met
     with pytest.raises(ValueError, match="no images"):
         xailab.explain(shapesnet, x[:0], method=method)
     assert before.diff(shapesnet) == []
+
+
+@functools.cache
+def _vit():
+    return xailab.models.load("shapesvit")
 
 
 def test_scores_refuse_nan_maps():

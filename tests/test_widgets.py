@@ -158,3 +158,21 @@ def test_widgets_leave_a_training_model_as_they_found_it(images):
     assert model.training and before.diff(model) == [] and hooks.count_hooks(model) == 0
     after = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert all(torch.equal(stats[k], after[k]) for k in stats), "BatchNorm running statistics changed"
+
+
+def test_explorer_on_the_vision_transformer_offers_its_blocks_and_attention_methods(images):
+    vit = models.load("shapesvit")
+    ex = widgets.Explorer(vit, images, method="attention", background=False)
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(4)]
+    assert list(ex.layer.options) == blocks and ex.layer.value == blocks[-1]
+    assert {"attention", "attention_rollout", "attention_gradient", "token_gradcam"} <= set(ex.method.options)
+    assert ex.errors == [] and ex.last["layer"] == blocks[-1]
+    before = _png(ex.views["explanation"])
+    ex.layer.value = blocks[0]                        # an earlier block: another attention map
+    assert ex.last["layer"] == blocks[0] and _png(ex.views["explanation"]) != before
+    for method in ("attention_rollout", "attention_gradient", "token_gradcam", "gradient"):
+        ex.method.value = method
+        assert ex.last["method"] == method and ex.errors == []
+    ex.method.value = "gradcam"                       # CAM needs a spatial map: an error in the widget
+    assert ex.errors and "spatial feature map" in ex.errors[-1]
+    assert hooks.count_hooks(vit) == 0

@@ -28,6 +28,10 @@ RECIPES = {
     # images, chance on new ones
     "shapesnet-random-labels": dict(shortcut=False, n_train=500, epochs=60, lr=3e-3, batch=50, seed=0,
                                     permute_labels=True),
+    # the small vision transformer (65 tokens of width 48) sees fewer images than the
+    # networks above so that it trains in minutes too
+    "shapesvit": dict(shortcut=False, n_train=8000, epochs=5, lr=2e-3, batch=64, seed=0),
+    "shapesvit-shortcut": dict(shortcut=True, n_train=6000, epochs=3, lr=2e-3, batch=64, seed=0),
 }
 
 
