@@ -39,7 +39,8 @@ def test_every_score_rests_on_64_images(scores, shortcut):
     scored = scores.dropna(subset=["image"])
     assert scored[list(table.METRICS)].drop(columns=["sensitivity", "randomised"]).notna().all().all()
     noted = scores[scores["image"].isna()]
-    assert list(zip(noted["model"], noted["method"])) == [("shapesvgg", "cam")]     # CAM needs GAP
+    assert ("shapesvgg", "cam") in set(zip(noted["model"], noted["method"]))        # CAM needs GAP
+    assert noted["note"].str.startswith("not applicable").all()
 
 
 def _settings():

@@ -52,6 +52,18 @@ METRICS = {"deletion": False, "insertion": True, "pointing": True, "mass": True,
 SHORTCUT_METRICS = {"watermark": True, "quarter": True}
 
 
+def not_applicable() -> tuple:
+    """The errors by which a method says it cannot run on a model (CAM without global
+    average pooling, attention methods on a CNN): the table notes them instead of scores."""
+    from ..attribution.cam import CAMNotApplicableError
+
+    try:
+        from ..attribution.attention import NotATransformerError
+    except ImportError:
+        return (CAMNotApplicableError,)
+    return CAMNotApplicableError, NotATransformerError
+
+
 def mass(heat: torch.Tensor, masks: torch.Tensor, method: str) -> torch.Tensor:
     """Relevance mass of ``method``'s maps inside ``masks``: the non-negative part, or
     for the methods in ``ABOVE_MEAN`` the part above each map's mean."""
@@ -126,7 +138,6 @@ def score_images(models: dict, x: torch.Tensor, masks: torch.Tensor, methods=Non
     from tqdm.auto import tqdm
 
     from .. import attribution
-    from ..attribution.cam import CAMNotApplicableError
 
     methods = list(attribution.methods() if methods is None else methods)
     options = OPTIONS if options is None else options
@@ -140,9 +151,9 @@ def score_images(models: dict, x: torch.Tensor, masks: torch.Tensor, methods=Non
             try:
                 scores = image_scores(model, x, masks, method, t, options.get(method, {}), ids, **settings)
                 frames.append(_frame(name, method, scores, ids))
-            except CAMNotApplicableError:
-                frames.append(pd.DataFrame([{"model": name, "method": method, "note": "not applicable: CAM "
-                                             "needs global average pooling + one linear layer; use gradcam"}]))
+            except not_applicable() as error:
+                frames.append(pd.DataFrame([{"model": name, "method": method,
+                                             "note": f"not applicable: {error}"}]))
             bar.update()
         if random_map:
             keep = {k: settings[k] for k in ("step", "tolerance") if k in settings}
@@ -180,8 +191,13 @@ def shortcut_scores(models: dict, methods=None, n: int = 64, seed: int = 0, opti
     for name, model in models.items():
         t = _target(model, x, None)
         for method in [*methods, RANDOM_MAP]:
-            heat = random_maps(x) if method == RANDOM_MAP else attribution.explain(
-                model, x, t, method, **options.get(method, {}))
+            try:
+                heat = random_maps(x) if method == RANDOM_MAP else attribution.explain(
+                    model, x, t, method, **options.get(method, {}))
+            except not_applicable() as error:
+                frames.append(pd.DataFrame([{"model": name, "method": method,
+                                             "note": f"not applicable: {error}"}]))
+                continue
             scores = {"watermark": mass(heat, marks, method), "quarter": mass(heat, quarter, method),
                       "area": marks.float().flatten(1).mean(1)}
             frames.append(_frame(name, method, scores, range(n)))
