@@ -71,6 +71,18 @@ def test_inversion_matches_features_and_pixel_error_grows_with_depth(shapesnet):
     assert optvis.total_variation(r1[None]) < optvis.total_variation(r0[None])
 
 
+def test_inversion_reaches_every_block_output_of_both_models(shapesnet):
+    """After batch norm, ReLU and max-pooling too (about 100 s at one thread on a loaded machine)."""
+    from xailab import models
+    x = shapes("test", 1, seed=3).images()[0]
+    errors = {}
+    for model in (shapesnet, models.load("shapesvgg")):
+        for layer in ("features.block1", "features.block2", "features.block3"):
+            r = optvis.invert(model, layer, x)
+            errors[type(model).__name__, layer] = optvis.feature_error(model, layer, r, x)
+    assert max(errors.values()) < 0.1, errors
+
+
 def test_undoing_the_last_convolution_first_is_what_reaches_the_deep_layer(shapesnet):
     x = shapes("test", 1, seed=3).images()[0]
     layer = "features.block3.conv2"

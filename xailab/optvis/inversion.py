@@ -10,11 +10,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .. import hooks
 from ..runtime import batched, device_of, evaluating, positive_int
 from ..solving import solves
-from .objectives import feature_match, tv
+
+from .objectives import Objective, feature_match, tv
 from .param import Fourier
 from .render import check_image, features, optimize, progress_bar, resolve_steps
 
@@ -57,16 +59,92 @@ def conv_input(conv: nn.Conv2d, output: torch.Tensor, input_shape, nonnegative: 
     with torch.no_grad():
         step = 1.0 / _largest_singular_value_squared(normal, input_shape, w)
         aty = vjp_fn(y)[0]
-        r = zero.clone()
-        z, t = r.clone(), 1.0
-        for _ in range(positive_int(steps, "steps")):
-            r_next = z - step * (normal(z) - aty)
-            if nonnegative:
-                r_next = r_next.clamp_min(0)
-            t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-            z = r_next + ((t - 1) / t_next) * (r_next - r)
-            r, t = r_next, t_next
+        return _fista(lambda r: normal(r) - aty, step, zero, nonnegative, positive_int(steps, "steps"))
+
+
+def _fista(gradient, step: float, start: torch.Tensor, nonnegative: bool, steps: int) -> torch.Tensor:
+    """Accelerated (projected, if ``nonnegative``) gradient descent from ``start``."""
+    r = start.clone()
+    z, t = r.clone(), 1.0
+    for _ in range(steps):
+        r_next = z - step * gradient(z)
+        if nonnegative:
+            r_next = r_next.clamp_min(0)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        z = r_next + ((t - 1) / t_next) * (r_next - r)
+        r, t = r_next, t_next
     return r
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) [1,C,1,1] of a batch norm in eval mode: bn(c) = scale * c + shift."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    shift = -bn.running_mean * scale
+    if bn.affine:
+        scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+    return scale.detach().view(1, -1, 1, 1), shift.detach().view(1, -1, 1, 1)
+
+
+def rectified_conv_input(conv: nn.Conv2d, bn: nn.BatchNorm2d, output: torch.Tensor, input_shape,
+                         nonnegative: bool = False, steps: int = 500) -> torch.Tensor:
+    """The input r (shape ``input_shape``) whose relu(bn(conv(r))) reproduces ``output`` (>= 0):
+    where output > 0 the pre-activation z must equal it, elsewhere only z <= 0 is asked. The
+    loss sum_{output>0} (z - output)^2 + sum_{output=0} relu(z)^2 is convex in r (z is affine
+    in r), zero exactly when the rectified output matches, and solved by FISTA like
+    ``conv_input``; unlike the ReLU output itself, it has a gradient at units that are off."""
+    w = conv.weight.detach()
+    bias = 0.0 if conv.bias is None else conv.bias.detach().view(1, -1, 1, 1)
+    scale, shift = _bn_affine(bn)
+    y = output.detach().to(w)
+
+    def forward(r):
+        return conv._conv_forward(r, w, None)
+    zero = torch.zeros(tuple(input_shape), device=w.device, dtype=w.dtype)
+    _, vjp_fn = torch.func.vjp(forward, zero)
+
+    def gradient(r):
+        z = scale * (forward(r) + bias) + shift
+        return vjp_fn(scale * torch.where(y > 0, z - y, F.relu(z)))[0]
+    with torch.no_grad():
+        lipschitz = _largest_singular_value_squared(lambda r: vjp_fn(forward(r))[0], zero.shape, w)
+        step = 1.0 / (lipschitz * float(scale.pow(2).max()))
+        return _fista(gradient, step, zero, nonnegative, positive_int(steps, "steps"))
+
+
+def _rectified_block(model: nn.Module, layer: str):
+    """For a block that ends conv -> batch norm -> ReLU [-> max-pool with stride = kernel]:
+    the names of its conv and batch norm and the pool (or None); else None."""
+    module = hooks.get_layer(model, layer)
+    if not isinstance(module, nn.Sequential):
+        return None
+    names, mods = zip(*module.named_children()) if len(module) else ((), ())
+    pool = mods[-1] if mods and isinstance(mods[-1], nn.MaxPool2d) else None
+    if pool is not None and (pool.kernel_size != pool.stride or pool.padding != 0 or pool.dilation != 1):
+        return None
+    body = len(mods) - (pool is not None)
+    kinds = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
+    if body < 3 or not all(isinstance(m, k) for m, k in zip(mods[body - 3:body], kinds)):
+        return None
+    return f"{layer}.{names[body - 3]}", f"{layer}.{names[body - 2]}", pool
+
+
+def _smooth_block_match(bn_key: str, target: torch.Tensor, pool, temperature: float) -> Objective:
+    """``feature_match`` of a block output with its ReLU replaced by a softplus and its
+    max-pool by a log-sum-exp (mean-shifted) at ``temperature``: a smooth surrogate whose
+    gradient reaches units that are off and all inputs of each pooling window."""
+    target, t = target.detach(), temperature
+
+    def fn(c):
+        a = t * F.softplus(c.acts[bn_key] / t)
+        if pool is not None:
+            k = _pair(pool.kernel_size)
+            n, ch, h, w = a.shape
+            windows = F.unfold(a, k, stride=k).view(n, ch, k[0] * k[1], -1)
+            pooled = t * (torch.logsumexp(windows / t, 2) - math.log(k[0] * k[1]))
+            a = pooled.view(n, ch, h // k[0], w // k[1])
+        y = target.to(a).expand_as(a)
+        return -(a - y).pow(2).flatten(1).sum(1) / y.pow(2).flatten(1).sum(1).clamp_min(1e-12)
+    return Objective(fn, [bn_key], f"smooth_block_match({bn_key})")
 
 
 def _conv_input_probe(model: nn.Module, layer: str, size: int) -> tuple[tuple, bool]:
@@ -80,6 +158,28 @@ def _conv_input_probe(model: nn.Module, layer: str, size: int) -> tuple[tuple, b
     return (1, *seen[0].shape[1:]), bool(seen[0].min() >= 0)
 
 
+def _first_stage(model: nn.Module, layer: str, target: torch.Tensor, size: int) -> list[Objective]:
+    """Equivalent or smooth targets that gradient descent reaches faster than ``layer``'s own
+    output (run one after the other), or [] when ``layer`` has none."""
+    module = hooks.get_layer(model, layer)
+    if isinstance(module, nn.Conv2d):
+        shape, nonnegative = _conv_input_probe(model, layer, size)
+        return [feature_match(layer, conv_input(module, target, shape, nonnegative), of_input=True)]
+    block = _rectified_block(model, layer)
+    if block is None:
+        return []
+    conv_key, bn_key, pool = block
+    if pool is not None:
+        return [_smooth_block_match(bn_key, target, pool, t) for t in SMOOTH_TEMPERATURES]
+    shape, nonnegative = _conv_input_probe(model, conv_key, size)
+    conv, bn = hooks.get_layer(model, conv_key), hooks.get_layer(model, bn_key)
+    return [feature_match(conv_key, rectified_conv_input(conv, bn, target, shape, nonnegative),
+                          of_input=True)]
+
+
+SMOOTH_TEMPERATURES = (0.3, 0.1)    # of the softplus / log-sum-exp surrogate, in batch-norm units
+
+
 @solves("optvis.invert")
 def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None = None, seed: int = 0,
            tv_weight: float = 0.1, beta: float = 2.0, lr: float = 0.05, through_conv: bool = True,
@@ -88,26 +188,30 @@ def invert(model: nn.Module, layer: str, image: torch.Tensor, steps: int | None 
     that of ``image``, minimising ||phi(x) - phi0||^2 / ||phi0||^2 + tv_weight * TV^beta(x).
 
     How: Adam (cosine-decaying learning rate) over a decorrelated Fourier image that starts
-    near grey, in two stages. Stage 1 (two thirds of ``steps``): if ``layer`` is a
-    convolution and ``through_conv``, undo it first by least squares (``conv_input``;
-    non-negative if its input follows a ReLU) and match that input instead: a convolution
-    can be badly conditioned, and its input is an equivalent target that gradient descent
-    reaches much faster. Stage 2 (the last third, learning rate lr/5): polish on the real
-    objective, phi = ``layer``'s output. ``steps=None``: 600. Invert pre-ReLU layers (conv
-    or batch-norm outputs): they keep the sign information that a ReLU output throws away."""
+    near grey, in two stages. Stage 1 (two thirds of ``steps``), if ``through_conv``: a target
+    that gradient descent reaches faster. For a convolution, its least-squares input
+    (``conv_input``; non-negative if it follows a ReLU): a convolution can be badly
+    conditioned, and its input is an equivalent target. For a block output that ends
+    conv -> batch norm -> ReLU, the input of that conv which reproduces the rectified output
+    (``rectified_conv_input``); if a max-pool follows, a smooth surrogate instead, with
+    softplus for the ReLU and log-sum-exp for the max (temperature 0.3, then 0.1), so that
+    the gradient reaches units that are off and every input of each pooling window.
+    Stage 2 (the last third, learning rate lr/5): polish on the real objective,
+    phi = ``layer``'s output. ``steps=None``: 600."""
     x0 = check_image(image).to(device_of(model))
     target = features(model, layer, x0[None])
     if float(target.pow(2).sum()) == 0:
         raise ValueError(f"the {layer} representation of this image is all zero; nothing to invert")
     steps, size = resolve_steps(steps, 600), x0.shape[-1]
     image_param = Fourier(1, size, size, 0.01, torch.Generator().manual_seed(seed)).to(x0.device)
-    first, module = feature_match(layer, target), hooks.get_layer(model, layer)
-    if through_conv and isinstance(module, nn.Conv2d):
-        shape, nonnegative = _conv_input_probe(model, layer, size)
-        first = feature_match(layer, conv_input(module, target, shape, nonnegative), of_input=True)
+    first = _first_stage(model, layer, target, size) if through_conv else []
+    first = first or [feature_match(layer, target)]
     n1 = max(1, round(steps * 2 / 3))
     common = dict(param=image_param, regularizers=(tv(tv_weight, beta),), lr_decay=True, progress=progress)
-    optimize(model, first, steps=n1, lr=lr, **common)
+    for k, objective in enumerate(first):
+        part = n1 // len(first) + (k < n1 % len(first))
+        if part:
+            optimize(model, objective, steps=part, lr=lr, **common)
     if steps > n1:
         optimize(model, feature_match(layer, target), steps=steps - n1, lr=lr / 5, **common)
     with torch.no_grad():
