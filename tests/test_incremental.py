@@ -73,6 +73,13 @@ def test_resnet18_residual_blocks(resnet, size, window, stride):
     assert_same(resnet, x, torch.tensor([7]), window, stride)
 
 
+def test_densenet_concatenations():
+    """Dense blocks concatenate lists of maps: a list holding patches is made full first."""
+    torch.manual_seed(1)
+    densenet = models.load_torchvision("densenet121")
+    assert_same(densenet, torch.rand(1, 3, 64, 64), torch.tensor([2]), 16, 16)
+
+
 def test_the_engine_is_used_and_the_public_method_matches(net, images, resnet):
     x = images[:1]
     boxes = P._window_boxes(64, 64, 8, 8, x.device)

@@ -266,7 +266,7 @@ class _Incremental(fx.Interpreter):
             out = _window_layer(m, geometry, p, self.out_cache()) if geometry else None
             if out is not None:
                 return out
-        return _out_of_place(m, tuple(full(a) for a in args), {k: full(v) for k, v in kwargs.items()})
+        return _out_of_place(m, *_full_args(args, kwargs))
 
     def call_function(self, target, args, kwargs):
         out = self._local_function(target, args, kwargs)
@@ -312,7 +312,8 @@ class _Incremental(fx.Interpreter):
 
 
 def _full_args(args, kwargs):
-    return tuple(full(a) for a in args), {k: full(v) for k, v in kwargs.items()}
+    """Arguments with every patch made full, also inside lists and tuples (``torch.cat``)."""
+    return fx.node.map_aggregate(args, full), fx.node.map_aggregate(kwargs, full)
 
 
 def _varying(gm: fx.GraphModule) -> set:
