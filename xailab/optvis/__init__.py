@@ -39,7 +39,8 @@ Activations are captured through ``xailab.hooks`` only; every function leaves th
 model as found (mode, ``requires_grad`` flags, no hooks).
 """
 from .examples import channel_activations, deconv_projection, receptive_field, top_k, top_patches
-from .inversion import Decoder, conv_input, decode, feature_error, invert, train_decoder
+from .inversion import (Decoder, conv_input, decode, feature_error, invert, rectified_conv_input,
+                        train_decoder)
 from .objectives import (INPUT, Context, Objective, channel, class_logit, deepdream, feature_match, l2, layer,
                          neuron, total_variation, tv)
 from .param import Fourier, ImageParam, Pixels, fourier, pixels
@@ -54,6 +55,6 @@ __all__ = [
     "gaussian_blur", "jitter", "scale", "rotate", "blur", "STANDARD_TRANSFORMS", "BlurEvery", "blur_every",
     "STEPS_ENV", "resolve_steps", "optimize", "ascent_step", "ascent", "class_image", "class_images",
     "channel_image", "dream", "features",
-    "invert", "feature_error", "conv_input", "Decoder", "train_decoder", "decode",
+    "invert", "feature_error", "conv_input", "rectified_conv_input", "Decoder", "train_decoder", "decode",
     "channel_activations", "top_k", "top_patches", "receptive_field", "deconv_projection",
 ]
