@@ -83,5 +83,5 @@ def test_summary_gives_every_mean_an_interval(scores):
     assert cam["images"] == 0 and cam["deletion"] is None and "gradcam" in cam["note"]
     text = table.format_table(rows, ["model", "method", "deletion", "note"])
     assert f"{gradient['deletion'].mean:.2f} [" in text
-    with pytest.raises(KeyError, match="xailab.evaluation.table"):
+    with pytest.raises(KeyError, match="python -m xailab.evaluation"):
         table.per_image(scores, "shapesnet", "no such method", "deletion")
