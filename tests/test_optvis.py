@@ -72,7 +72,7 @@ def test_inversion_matches_features_and_pixel_error_grows_with_depth(shapesnet):
 
 
 def test_inversion_reaches_every_block_output_of_both_models(shapesnet):
-    """After batch norm, ReLU and max-pooling too (about 100 s at one thread on a loaded machine)."""
+    """After batch norm, ReLU and max-pooling too (about 50 s at one thread on a loaded machine)."""
     from xailab import models
     x = shapes("test", 1, seed=3).images()[0]
     errors = {}
