@@ -27,6 +27,14 @@ def device_of(model: nn.Module, default=None) -> torch.device:
     return t.device if t is not None else torch.device(default or "cpu")
 
 
+def class_scores(out: torch.Tensor, who_needs: str) -> torch.Tensor:
+    """``out`` when it is class scores [N, classes]; else a ValueError naming the caller,
+    e.g. ``who_needs="gradient methods need"``."""
+    if out.dim() != 2:
+        raise ValueError(f"the model returns shape {tuple(out.shape)}; {who_needs} class scores [N, classes]")
+    return out
+
+
 def positive_int(value, name: str, hint: str = "") -> int:
     """``value`` as an int >= 1, or a ValueError naming ``name`` (``hint`` is appended)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..runtime import class_scores
 from . import register
 from .lrp import refuse_attention
 from .rules import apply_rules
@@ -111,10 +112,7 @@ def deeplift(model, x, target=None, baseline=None):
                 m.inplace = False               # (the registry's wrapper restores the flags)
         apply_rules(hs, model, _rule_of)
         with torch.enable_grad():
-            out = model(torch.cat([xin, base]))
-            if out.dim() != 2:
-                raise ValueError(f"the model returns shape {tuple(out.shape)}; DeepLIFT needs "
-                                 "class scores [N, classes]")
+            out = class_scores(model(torch.cat([xin, base])), "DeepLIFT needs")
             if target is None:
                 target = out[:len(x)].argmax(1)
             seed = torch.zeros_like(out).scatter_(1, target.repeat(2).view(-1, 1), 1.0)

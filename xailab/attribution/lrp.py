@@ -35,6 +35,7 @@ from torch import nn
 
 from .. import hooks
 from ..models import Normalize
+from ..runtime import class_scores
 from . import register
 from .rules import (AFFINE, BATCH_NORMS, CONVOLUTIONS, POOLS, ResidualSum, alpha_beta, apply_rules,
                     canonical_copy, epsilon, first_affine, flat, gamma, last_affine, norm, one_input,
@@ -102,10 +103,7 @@ def relevance_pass(net: nn.Module, x: torch.Tensor, target, rule_of, start: str)
         apply_rules(hs, net, rule_of)
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            out = net(x)
-            if out.dim() != 2:
-                raise ValueError(f"the model returns shape {tuple(out.shape)}; relevance methods need "
-                                 "class scores [N, classes]")
+            out = class_scores(net(x), "relevance methods need")
             if target is None:
                 target = out.argmax(1)
             seed = torch.zeros_like(out).scatter_(1, target.view(-1, 1), 1.0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import default_batch_size, fast_layout, inference_copy, positive_int
+from ..runtime import class_scores, default_batch_size, fast_layout, inference_copy, positive_int
 from ..solving import solves
 from . import register, resolve_target
 from .incremental import window_scores
@@ -69,9 +69,7 @@ def _scores(net: nn.Module, x: torch.Tensor, target: torch.Tensor, probs: bool) 
 
 def _pick(out: torch.Tensor, target: torch.Tensor, probs: bool) -> torch.Tensor:
     """The target's score in each row of the model's output [N, classes]."""
-    if out.dim() != 2:
-        raise ValueError(f"the model returns shape {tuple(out.shape)}; perturbation methods need "
-                         "class scores [N, classes]")
+    out = class_scores(out, "perturbation methods need")
     if probs:
         out = out.softmax(1)
     return out.gather(1, target.view(-1, 1)).squeeze(1)

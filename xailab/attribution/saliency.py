@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import hooks
-from ..runtime import positive_int
+from ..runtime import class_scores, positive_int
 from ..solving import solves
 from . import register, resolve_target
 
@@ -35,10 +35,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> 
     """d score[n, target[n]] / d x[n] for every image n: one forward, one backward pass."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = model(x)
-        if out.dim() != 2:
-            raise ValueError(f"the model returns shape {tuple(out.shape)}; gradient methods need "
-                             "class scores [N, classes]")
+        out = class_scores(model(x), "gradient methods need")
         (grad,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
     return grad
 
