@@ -45,7 +45,7 @@ def permutation_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p
     device = device_of(model)
     x, y = x.to(device), y.to(device)
     generator = torch.Generator().manual_seed(seed)
-    orders = [torch.randperm(len(x), generator=generator).to(device) for _ in range(n_repeats)]
+    shuffled_sets = [x[torch.randperm(len(x), generator=generator).to(device)] for _ in range(n_repeats)]
     rows, cols = x.shape[-2] // patch, x.shape[-1] // patch
     drop = torch.zeros(rows, cols)
     with evaluating(model):
@@ -53,8 +53,8 @@ def permutation_importance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, p
         for r in range(rows):
             for c in range(cols):
                 cell = (..., slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch))
-                for order in orders:
+                for other in shuffled_sets:
                     shuffled = x.clone()
-                    shuffled[cell] = x[order][cell]
+                    shuffled[cell] = other[cell]
                     drop[r, c] += float(base - _accuracy(model, shuffled, y, batch_size)) / n_repeats
     return drop
