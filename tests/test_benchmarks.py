@@ -1,7 +1,7 @@
 """The benchmark scripts still start: their imports (shared helpers in benchmarks/timing.py,
-Captum, pytorch-grad-cam) resolve and their options parse; the occlusion and dissection
-benchmarks also run end to end in their quick mode (tiny inputs, one repeat). The full
-measurements run by hand, never in tests."""
+Captum, pytorch-grad-cam) resolve and their options parse; the occlusion, dissection and
+attention benchmarks also run end to end in their quick mode (tiny inputs, one repeat).
+The full measurements run by hand, never in tests."""
 import ast
 import subprocess
 import sys
@@ -29,7 +29,8 @@ def test_benchmark_starts(script):
 
 
 @pytest.mark.parametrize("script,expect", [("perturbation.py", "ours / Captum best"),
-                                           ("dissect.py", "resident memory")])
+                                           ("dissect.py", "resident memory"),
+                                           ("attention.py", "token_gradcam")])
 def test_quick_mode_runs(script, expect):
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True,
                           text=True, timeout=600, cwd=BENCHMARKS)
