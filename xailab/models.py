@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from .data.shapes import CLASSES
 MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 MANIFEST = MODEL_DIR / "manifest.json"
 WIDTHS = (16, 32, 64)
+BASE_SNAPSHOTS = (0, 10, 30, 100, 200)     # optimiser steps at which shapesnet-base is saved
 
 
 class Normalize(nn.Module):
@@ -34,19 +36,21 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
+def _block(cin: int, cout: int, pool: bool, batchnorm: bool = True) -> nn.Sequential:
+    norm = nn.BatchNorm2d if batchnorm else (lambda _: nn.Identity())   # same layer names either way
     layers = OrderedDict(
-        conv1=nn.Conv2d(cin, cout, 3, padding=1), bn1=nn.BatchNorm2d(cout), relu1=nn.ReLU(),
-        conv2=nn.Conv2d(cout, cout, 3, padding=1), bn2=nn.BatchNorm2d(cout), relu2=nn.ReLU())
+        conv1=nn.Conv2d(cin, cout, 3, padding=1), bn1=norm(cout), relu1=nn.ReLU(),
+        conv2=nn.Conv2d(cout, cout, 3, padding=1), bn2=norm(cout), relu2=nn.ReLU())
     if pool:
         layers["pool"] = nn.MaxPool2d(2)
     return nn.Sequential(layers)
 
 
-def _features(last_pool: bool) -> nn.Sequential:
-    a, b, c = WIDTHS
+def _features(last_pool: bool, widths=WIDTHS, batchnorm: bool = True) -> nn.Sequential:
+    a, b, c = widths
     return nn.Sequential(OrderedDict(
-        block1=_block(3, a, True), block2=_block(a, b, True), block3=_block(b, c, last_pool)))
+        block1=_block(3, a, True, batchnorm), block2=_block(a, b, True, batchnorm),
+        block3=_block(b, c, last_pool, batchnorm)))
 
 
 SHAPES_MEAN, SHAPES_STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
@@ -55,14 +59,14 @@ SHAPES_MEAN, SHAPES_STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
 class ShapesNet(nn.Module):
     """conv features -> global average pooling -> linear: the architecture CAM needs."""
 
-    def __init__(self, classes=CLASSES):
+    def __init__(self, classes=CLASSES, widths=WIDTHS, batchnorm: bool = True):
         super().__init__()
         self.classes = list(classes)
         self.default_layer = "features.block3"
         self.normalize = Normalize(SHAPES_MEAN, SHAPES_STD)
-        self.features = _features(last_pool=False)      # 64 x 16 x 16 at 64 x 64 input
+        self.features = _features(False, widths, batchnorm)    # 64 x 16 x 16 at 64 x 64 input
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(WIDTHS[2], len(self.classes))
+        self.fc = nn.Linear(widths[2], len(self.classes))
 
     def forward(self, x):
         return self.fc(torch.flatten(self.avgpool(self.features(self.normalize(x))), 1))
@@ -116,6 +120,14 @@ ZOO = {
     "shapesnet-shortcut": (ShapesNet, "ShapesNet trained on the watermarked (shortcut) data"),
     "shapesnet-random-labels": (ShapesNet, "ShapesNet trained to memorise randomly permuted labels "
                                            "(the data-randomisation sanity check)"),
+    # dissection's findings (Bau et al. 2017) on our scale: one shorter recipe for all four,
+    # differing only in width or BatchNorm; the base run also keeps snapshots during training
+    "shapesnet-base": (ShapesNet, "ShapesNet on the shorter recipe shared by the variants below"),
+    "shapesnet-nobn": (partial(ShapesNet, batchnorm=False), "shapesnet-base without BatchNorm"),
+    "shapesnet-narrow": (partial(ShapesNet, widths=(8, 16, 32)), "shapesnet-base at half the width"),
+    "shapesnet-wide": (partial(ShapesNet, widths=(32, 64, 128)), "shapesnet-base at twice the width"),
+    **{f"shapesnet-base-step{step:04d}": (ShapesNet, f"shapesnet-base after {step} training steps")
+       for step in BASE_SNAPSHOTS},
     "shapesvit": (ShapesViT, "small vision transformer (8 x 8 patch tokens from a conv stem, 4 blocks, 4 heads)"),
     "shapesvit-shortcut": (ShapesViT, "ShapesViT trained on the watermarked (shortcut) data"),
 }

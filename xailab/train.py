@@ -30,6 +30,13 @@ RECIPES = {
                                     permute_labels=True),
     # the small vision transformer (65 tokens of width 48) sees fewer images than the
     # networks above so that it trains in minutes too
+    # the dissection variants share one shorter recipe (one seed each); the base run is
+    # also saved at the optimiser steps in models.BASE_SNAPSHOTS (shapesnet-base-stepNNNN)
+    "shapesnet-base": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0,
+                           snapshots=list(models.BASE_SNAPSHOTS)),
+    "shapesnet-nobn": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-narrow": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-wide": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
     "shapesvit": dict(shortcut=False, n_train=8000, epochs=5, lr=2e-3, batch=64, seed=0),
     "shapesvit-shortcut": dict(shortcut=True, n_train=6000, epochs=3, lr=2e-3, batch=64, seed=0),
 }
@@ -60,10 +67,17 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
     gen = torch.Generator().manual_seed(recipe["seed"])
     augment = not (recipe["shortcut"] or recipe.get("permute_labels"))
     start = time.time()
+    out_dir = Path(out_dir or models.MODEL_DIR)
+    snapshots, step = set(recipe.get("snapshots", ())), 0
     model.train()
     for epoch in range(recipe["epochs"]):
         order = torch.randperm(len(train_ds), generator=gen)
         for i in range(0, len(order), recipe["batch"]):
+            if step in snapshots:
+                _save(model, out_dir, f"{name}-step{step:04d}", dict(
+                    step=step, val_accuracy=round(accuracy(model, val_ds), 4),
+                    recipe=dict(snapshot_of=name, step=step)), log)
+            step += 1
             idx = order[i:i + recipe["batch"]]
             x, y = train_ds.images(idx), labels[idx]
             flip = torch.rand(len(idx), generator=gen) < 0.5 if augment else None
@@ -78,21 +92,25 @@ def train(name: str, recipe: dict, out_dir: Path | None = None, log=print) -> di
             log(f"{name}: epoch {epoch + 1}/{recipe['epochs']} loss {loss.item():.3f} "
                 f"val {accuracy(model, val_ds):.4f} ({time.time() - start:.0f} s)")
     model.eval()
-    out_dir = Path(out_dir or models.MODEL_DIR)
+    return _save(model, out_dir, name, dict(
+        val_accuracy=round(accuracy(model, val_ds), 4),
+        train_accuracy=round(accuracy(model, train_ds, labels=labels), 4),
+        seconds=round(time.time() - start), recipe=recipe), log)
+
+
+def _save(model: nn.Module, out_dir: Path, name: str, entry: dict, log=print) -> dict:
+    """Write ``out_dir/NAME.pt`` and its manifest entry (sha256 first, then ``entry``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.pt"
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(path)
-    entry = dict(sha256=models.sha256(path), val_accuracy=round(accuracy(model, val_ds), 4),
-                 train_accuracy=round(accuracy(model, train_ds, labels=labels), 4),
-                 seconds=round(time.time() - start), recipe=recipe,
-                 torch=torch.__version__)
+    entry = dict(sha256=models.sha256(path), **entry, torch=torch.__version__)
     manifest_path = out_dir / "manifest.json"
     data = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     data[name] = entry
     manifest_path.write_text(json.dumps(dict(sorted(data.items())), indent=2) + "\n")
-    log(f"{name}: wrote {path} (val {entry['val_accuracy']}, {entry['seconds']} s)")
+    log(f"{name}: wrote {path} (val {entry['val_accuracy']})")
     return entry
 
 
