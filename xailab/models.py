@@ -125,7 +125,7 @@ ZOO = {
     "shapesnet-base": (ShapesNet, "ShapesNet on the shorter recipe shared by the variants below"),
     "shapesnet-nobn": (partial(ShapesNet, batchnorm=False), "shapesnet-base without BatchNorm"),
     "shapesnet-narrow": (partial(ShapesNet, widths=(8, 16, 32)), "shapesnet-base at half the width"),
-    "shapesnet-wide": (partial(ShapesNet, widths=(32, 64, 128)), "shapesnet-base at twice the width"),
+    "shapesnet-wide": (partial(ShapesNet, widths=(24, 48, 96)), "shapesnet-base at 1.5 times the width"),
     **{f"shapesnet-base-step{step:04d}": (ShapesNet, f"shapesnet-base after {step} training steps")
        for step in BASE_SNAPSHOTS},
     "shapesvit": (ShapesViT, "small vision transformer (8 x 8 patch tokens from a conv stem, 4 blocks, 4 heads)"),

@@ -32,11 +32,11 @@ RECIPES = {
     # networks above so that it trains in minutes too
     # the dissection variants share one shorter recipe (one seed each); the base run is
     # also saved at the optimiser steps in models.BASE_SNAPSHOTS (shapesnet-base-stepNNNN)
-    "shapesnet-base": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0,
+    "shapesnet-base": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0,
                            snapshots=list(models.BASE_SNAPSHOTS)),
-    "shapesnet-nobn": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
-    "shapesnet-narrow": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
-    "shapesnet-wide": dict(shortcut=False, n_train=12000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-nobn": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-narrow": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-wide": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0),
     "shapesvit": dict(shortcut=False, n_train=8000, epochs=5, lr=2e-3, batch=64, seed=0),
     "shapesvit-shortcut": dict(shortcut=True, n_train=6000, epochs=3, lr=2e-3, batch=64, seed=0),
 }
