@@ -74,6 +74,30 @@ def test_leaves_the_model_unchanged_also_with_inplace_relus(model, images):
         first.grad = None
 
 
+class _FailsWithGradients(nn.Module):
+    """A model that stops in the middle of shap's backward-hooked pass."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.net = model
+
+    def forward(self, x):
+        if x.requires_grad:
+            raise RuntimeError("no gradients here")
+        return self.net(x)
+
+
+def test_an_error_inside_shap_leaves_no_hooks_or_stored_tensors(model, images):
+    x, background = images
+    failing = _FailsWithGradients(model)
+    before = hooks.Snapshot.of(failing)
+    names = [n for n, _ in failing.named_parameters()]
+    with pytest.raises(RuntimeError, match="no gradients here"):
+        deep_shap(failing, x[:1], background[:2])
+    assert before.diff(failing) == []
+    assert [n for n, _ in failing.named_parameters()] == names
+
+
 def test_bad_input_says_what_to_do(model, images):
     x, background = images
     with pytest.raises(ValueError, match="shaped like x"):

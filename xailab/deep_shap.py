@@ -32,6 +32,7 @@ __all__ = ["DeepShap", "deep_shap"]
 
 LINEAR_MODULES = ("Normalize",)      # xailab's input normalisation: (x - mean) / std
 _SHAP_ATTRIBUTES = ("x", "y")
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 @dataclass
@@ -78,11 +79,23 @@ def _unsupported_modules(model: nn.Module) -> list[str]:
     return sorted(leaves - set(op_handler) - set(LINEAR_MODULES))
 
 
-def _without_shap_attributes(model: nn.Module, had: set) -> None:
-    for m in model.modules():
-        for name in _SHAP_ATTRIBUTES:
-            if (m, name) not in had and name in getattr(m, "_parameters", {}):
-                del m._parameters[name]
+def _module_state(model: nn.Module) -> dict:
+    """Per module: its hook ids, its full-backward-hook flag and which of shap's
+    attributes it already has (so that only what shap adds is removed)."""
+    return {m: ({d: set(getattr(m, d)) for d in _HOOK_DICTS}, getattr(m, "_is_full_backward_hook", None),
+                {n for n in _SHAP_ATTRIBUTES if n in m._parameters}) for m in model.modules()}
+
+
+def _restore_modules(state: dict) -> None:
+    """Remove the hooks and ``x``/``y`` parameters that shap added, also after an error
+    (shap removes its hooks only when it finishes)."""
+    for m, (hook_ids, full_backward, had) in state.items():
+        for d, ids in hook_ids.items():
+            for key in set(getattr(m, d)) - ids:
+                del getattr(m, d)[key]
+        m._is_full_backward_hook = full_backward
+        for name in set(_SHAP_ATTRIBUTES) - had:
+            m._parameters.pop(name, None)
 
 
 def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, target=None) -> DeepShap:
@@ -90,7 +103,7 @@ def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, targe
     LongTensor[N]) for the images ``x`` [N,3,H,W], with ``background`` [B,3,H,W] as the
     reference distribution. Costs one forward and backward pass of 2B images per image.
     The model comes back unchanged: no hooks, same modes, flags, ``inplace`` settings,
-    parameters and gradients."""
+    parameters and gradients, also when shap raises."""
     import shap
 
     _checked(x, background)
@@ -100,7 +113,7 @@ def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, targe
     if unsupported:
         warnings.warn(f"shap's DeepExplainer has no rule for {unsupported}; they are treated as linear, "
                       "so check additivity_gap", stacklevel=2)
-    had = {(m, n) for m in model.modules() for n in _SHAP_ATTRIBUTES if n in m._parameters}
+    state = _module_state(model)
     grads = {p: p.grad for p in model.parameters()}
     values = torch.zeros_like(x)
     with hooks.frozen(model):
@@ -120,7 +133,7 @@ def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, targe
                     phi = explainer.shap_values(x[rows], check_additivity=False)
                     values[rows] = torch.as_tensor(phi, dtype=x.dtype, device=device).reshape(x[rows].shape)
         finally:
-            _without_shap_attributes(model, had)
+            _restore_modules(state)
             for p, g in grads.items():
                 p.grad = g
     return DeepShap(values, target, output, expected)
