@@ -1,9 +1,11 @@
 """A synthetic concept dataset in the Broden format, drawn with the shapes generator.
 
-``make_synthetic(folder, n, seed)`` writes ``n`` images with five categories of
+``make_synthetic(folder, n, seed)`` writes ``n`` images with six categories of
 concepts: pixel-labelled ``color`` (the 11 Broden colour names), ``object`` (the
-shapes), ``part`` (tip, rim, center of a shape), ``texture`` (striped, dotted, ...)
-and a whole-image ``scene`` (the background layout). Every name here is also
+shapes), ``part`` (tip, rim, center of a shape), ``texture`` (striped, dotted, ...),
+``material`` (wood grain, noise) and a whole-image ``scene`` (the background layout).
+Colour, texture and material are drawn independently of the shape, so only the
+object (and the tips' presence) follows the class a shapes model was trained on. Every name here is also
 importable from ``xailab.data.broden``, which reads the format.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from .broden_writer import write
 from .shapes import CLASSES, _inside
 
-__all__ = ["make_synthetic", "synthetic_labels", "COLORS", "PARTS", "TEXTURES", "SCENES", "CATEGORIES"]
+__all__ = ["make_synthetic", "synthetic_labels", "COLORS", "PARTS", "TEXTURES", "MATERIALS", "SCENES",
+           "CATEGORIES"]
 
 COLORS = {  # the 11 Broden colour names and a typical RGB value
     "black-c": (0.08, 0.08, 0.08), "blue-c": (0.12, 0.25, 0.85), "brown-c": (0.5, 0.3, 0.12),
@@ -25,6 +28,7 @@ COLORS = {  # the 11 Broden colour names and a typical RGB value
     "white-c": (0.95, 0.95, 0.95), "yellow-c": (0.95, 0.9, 0.12)}
 PARTS = ["tip", "rim", "center"]
 TEXTURES = ["striped", "dotted", "chequered", "zigzagged", "blotchy"]
+MATERIALS = ["wood", "noise"]     # surfaces on untextured regions: wavy grain lines, 2 px speckle
 SCENES = {  # whole-image background: (sky colours, ground colours)
     "beach": (["blue-c", "white-c"], ["yellow-c", "orange-c"]),
     "forest": (["green-c", "white-c"], ["brown-c", "green-c"]),
@@ -32,7 +36,7 @@ SCENES = {  # whole-image background: (sky colours, ground colours)
     "snowfield": (["white-c", "grey-c"], ["white-c", "blue-c"]),
     "desert": (["orange-c", "yellow-c"], ["brown-c", "orange-c"]),
     "city": (["grey-c", "blue-c"], ["grey-c", "black-c"])}
-CATEGORIES = ["color", "object", "part", "scene", "texture"]
+CATEGORIES = ["color", "object", "part", "scene", "texture", "material"]
 CHUNK = 64                  # images drawn per random generator
 TIP_RADIUS = np.array([9.0, 0.9, 0.7, 0.62, 0.7, 9.0])   # per shape; circle and heart have no tips
 
@@ -41,7 +45,7 @@ def synthetic_labels() -> list[tuple[str, str]]:
     """``(name, category)`` of every label of the synthetic dataset, number = position + 1."""
     return ([(c, "color") for c in COLORS] + [(o, "object") for o in CLASSES]
             + [(p, "part") for p in PARTS] + [(s, "scene") for s in SCENES]
-            + [(t, "texture") for t in TEXTURES])
+            + [(t, "texture") for t in TEXTURES] + [(m, "material") for m in MATERIALS])
 
 
 NUMBER = {name: k + 1 for k, (name, _) in enumerate(synthetic_labels())}
@@ -70,6 +74,28 @@ def _pattern(kind, x, y, period, angle, phase, waves):
         fx, fy, ph = waves[:, k, 0, None, None], waves[:, k, 1, None, None], waves[:, k, 2, None, None]
         field = field + np.sin((fx * x + fy * y) / period + ph)
     return field > 0
+
+
+def _material_pattern(kind, x, y, period, angle, phase):
+    """Binary material pattern (0/1) at coordinates x, y [n, H, W]: ``wood``, thin grain
+    lines bent by two slow waves; ``noise``, 2 x 2 pixel cells on or off at random (a hash
+    of the cell, so every resolution sees the same cells)."""
+    if kind == "wood":
+        c, s = np.cos(angle), np.sin(angle)
+        a = (c * x + s * y) / period
+        b = (-s * x + c * y) / period
+        grain = a + 0.6 * np.sin(0.4 * b + 6.3 * phase) + 0.2 * np.sin(1.3 * b + 3.1 * phase)
+        return grain - np.floor(grain) < 0.3
+    cells = np.floor(np.asarray(x, np.float64) / 2) * 12.9898 + np.floor(np.asarray(y, np.float64) / 2) * 78.233
+    h = np.sin(cells + 100.0 * phase) * 43758.5453
+    return h - np.floor(h) < 0.5
+
+
+def _material_params(rng: np.random.Generator, n: int, size: int) -> dict:
+    """Which regions carry a material (half of the untextured ones), which, and its pattern."""
+    return dict(on=rng.uniform(0, 1, n) < 0.5, kind=rng.integers(0, len(MATERIALS), n),
+                pattern=dict(period=rng.uniform(0.06, 0.1, (n, 1, 1)) * size,
+                             angle=rng.uniform(0, np.pi, (n, 1, 1)), phase=rng.uniform(0, 1, (n, 1, 1))))
 
 
 def _texture_params(rng: np.random.Generator, n: int, size: int) -> dict:
@@ -108,21 +134,38 @@ def _draw_parameters(rng: np.random.Generator, n: int, size: int) -> SimpleNames
     return p
 
 
+def _draw_materials(p: SimpleNamespace, rng: np.random.Generator, size: int) -> SimpleNamespace:
+    """Add the materials of ground and object, from their own generator (so that the
+    other parameters and the pixel noise stay those of the images without materials)."""
+    n = len(p.scene)
+    p.ground_material = _material_params(rng, n, size)
+    p.ground_material["on"] &= ~p.ground_textured
+    p.object_material = _material_params(rng, n, size)
+    p.object_material["on"] &= ~p.object_textured
+    return p
+
+
 def _per_image(a: np.ndarray) -> np.ndarray:
     return a[:, None, None]
 
 
-def _textures(textured, kind, params: dict, x, y):
-    """For each texture in use: its label number, the images that carry it and its 0/1 pattern there."""
-    for k, name in enumerate(TEXTURES):
+def _textures(textured, kind, params: dict, x, y, names=TEXTURES, pattern=_pattern):
+    """For each texture (or material) in use: its label number, the images that carry it
+    and its 0/1 pattern there."""
+    for k, name in enumerate(names):
         sel = textured & (kind == k)
         if sel.any():
-            yield NUMBER[name], sel, _pattern(name, x[sel], y[sel], **{q: v[sel] for q, v in params.items()})
+            yield NUMBER[name], sel, pattern(name, x[sel], y[sel], **{q: v[sel] for q, v in params.items()})
+
+
+def _materials(m: dict, x, y):
+    return _textures(m["on"], m["kind"], m["pattern"], x, y, MATERIALS, _material_pattern)
 
 
 def _background(p: SimpleNamespace, x, y):
-    """Colour index and texture label of the sky above the horizon and the ground below,
-    each of one scene colour; a textured ground mixes in the scene's other colour."""
+    """Colour index, texture and material label of the sky above the horizon and the ground
+    below, each of one scene colour; a textured ground, or one of a material, mixes in the
+    scene's other colour."""
     below = y > _per_image(p.horizon)
     col = np.where(below, _per_image(p.ground[p.scene, p.ground_pick]), _per_image(p.sky[p.scene, p.sky_pick]))
     other = np.where(below, _per_image(p.ground[p.scene, 1 - p.ground_pick]),
@@ -131,17 +174,21 @@ def _background(p: SimpleNamespace, x, y):
     for number, sel, on in _textures(p.ground_textured, p.ground_texture, p.ground_pattern, x, y):
         col[sel] = np.where(below[sel] & on, other[sel], col[sel])
         tex[sel] = np.where(below[sel], number, 0)
-    return col, tex
+    mat = np.zeros(x.shape, dtype=np.int64)
+    for number, sel, on in _materials(p.ground_material, x, y):
+        col[sel] = np.where(below[sel] & on, other[sel], col[sel])
+        mat[sel] = np.where(below[sel], number, 0)
+    return col, tex, mat
 
 
 def _label_maps(p: SimpleNamespace, step: float, side: int):
-    """Colour index, object, part and texture label maps [n, side, side] on a grid of
+    """Colour index, object, part, texture and material label maps [n, side, side] on a grid of
     pixels spaced ``step`` image pixels: the object drawn over the background."""
     g = (np.arange(side, dtype=np.float32) + 0.5) * step
     y, x = np.meshgrid(g, g, indexing="ij")
     shape = (len(p.scene), side, side)
     x, y = np.broadcast_to(x, shape), np.broadcast_to(y, shape)
-    col, tex = _background(p, x, y)
+    col, tex, mat = _background(p, x, y)
     dx, dy = x - _per_image(p.cx), y - _per_image(p.cy)
     c, s = np.cos(_per_image(p.rotation)), np.sin(_per_image(p.rotation))
     r = _per_image(p.radius)
@@ -155,35 +202,41 @@ def _label_maps(p: SimpleNamespace, step: float, side: int):
     ocol = np.broadcast_to(_per_image(p.object_colour), u.shape).copy()
     for _, sel, on in _textures(p.object_textured, p.object_texture, p.object_pattern, x, y):
         ocol[sel] = np.where(on, _per_image(p.object_colour2[sel]), ocol[sel])
+    omat = np.zeros(u.shape, dtype=np.int64)
+    for number, sel, on in _materials(p.object_material, x, y):
+        ocol[sel] = np.where(on, _per_image(p.object_colour2[sel]), ocol[sel])
+        omat[sel] = number
     otex = np.where(_per_image(p.object_textured), NUMBER[TEXTURES[0]] + _per_image(p.object_texture), 0)
     return (np.where(inside, ocol, col), np.where(inside, NUMBER[CLASSES[0]] + kind, 0), part,
-            np.where(inside, otex, tex))
+            np.where(inside, otex, tex), np.where(inside, omat, mat))
 
 
-def _draw(rng: np.random.Generator, n: int, size: int):
-    """n images of ``size`` (uint8 [n, size, size, 3]), their colour, object, part and
-    texture label maps at ``size // 2`` and their scene label numbers."""
-    p = _draw_parameters(rng, n, size)
+def _draw(rng: np.random.Generator, n: int, size: int, material_rng: np.random.Generator):
+    """n images of ``size`` (uint8 [n, size, size, 3]), their colour, object, part,
+    texture and material label maps at ``size // 2`` and their scene label numbers."""
+    p = _draw_materials(_draw_parameters(rng, n, size), material_rng, size)
     col = _label_maps(p, 1.0, size)[0]
     img = PALETTE[col] + p.tint[:, None, None, :]
     img += rng.normal(0, 0.03, img.shape).astype(np.float32)
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    col, obj, part, tex = _label_maps(p, 2.0, size // 2)
+    col, obj, part, tex, mat = _label_maps(p, 2.0, size // 2)
     scene = np.array([NUMBER[name] for name in SCENES])[p.scene]
-    return img, COLOR_NUMBER[col], obj, part, tex, scene
+    return img, COLOR_NUMBER[col], obj, part, tex, mat, scene
 
 
 def _records(n: int, seed: int, size: int):
     """``broden.write`` records of images 0 .. n-1; chunk c is drawn from its own generator."""
     for c in range(-(-n // CHUNK)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, c, size, 6]))
-        img, col, obj, part, tex, scene = _draw(rng, CHUNK, size)
+        material_rng = np.random.default_rng(np.random.SeedSequence([seed, c, size, 7]))
+        img, col, obj, part, tex, mat, scene = _draw(rng, CHUNK, size, material_rng)
         for j in range(min(CHUNK, n - c * CHUNK)):
             i = c * CHUNK + j
             yield {"image": img[j], "name": f"synthetic_{i:06d}", "split": "train" if i % 5 else "val",
                    "color": [col[j]], "object": [obj[j]] if obj[j].any() else [],
                    "part": [part[j]] if part[j].any() else [], "scene": [int(scene[j])],
-                   "texture": [tex[j]] if tex[j].any() else []}
+                   "texture": [tex[j]] if tex[j].any() else [],
+                   "material": [mat[j]] if mat[j].any() else []}
 
 
 def make_synthetic(folder, n: int, seed: int = 0, size: int = 128) -> Path:
@@ -192,8 +245,9 @@ def make_synthetic(folder, n: int, seed: int = 0, size: int = 128) -> Path:
 
     Categories: ``color`` (pixel, 11 Broden colour names), ``object`` (pixel, the
     shapes), ``part`` (pixel: a shape's ``tip``, ``rim``, ``center``), ``texture``
-    (pixel: on textured objects and textured ground), ``scene`` (whole image: the
-    background). Image i is the same whatever ``n`` (drawn in chunks of 64).
+    (pixel: on textured objects and textured ground), ``material`` (pixel: ``wood``
+    grain or ``noise`` on half of the untextured objects and grounds), ``scene`` (whole
+    image: the background). Image i is the same whatever ``n`` (drawn in chunks of 64).
     """
     if n < 1:
         raise ValueError(f"n must be a positive number of images, got {n}")
