@@ -1,11 +1,14 @@
 """Dissect the shapesnet variants and ablate shapesnet's top detectors (lecture 06).
 
     OMP_NUM_THREADS=1 python scripts/dissection_variants.py            # every model, both tables
-    python scripts/dissection_variants.py --models shapesnet-narrow --out /tmp/x.csv --no-ablation
+    python scripts/dissection_variants.py --models shapesnet-narrow --no-ablation   # re-run one model
+
+Models without a checkpoint are skipped; rows of models not re-run are kept.
 
 Writes ``data/results/dissection_variants.csv``: one row per model and layer with the
 units, the detectors (best IoU > 0.04) and the unique concepts they detect, in all and
-per category, on the lecture's synthetic Broden (480 images, seed 0, 64 px). And
+per category, the same two counts at a cutoff of 0.02 and the mean of each unit's best
+IoU, on the lecture's synthetic Broden (480 images, seed 0, 64 px). And
 ``data/results/dissection_variants_ablation.csv``: for each of shapesnet's six object
 concepts, the accuracy drop per class when its top-K block3 units by IoU are switched
 off ("top" row) and when each of DRAWS seeded random sets of K units are ("random" rows).
@@ -60,7 +63,9 @@ def dissection_rows(name: str, folder: Path) -> list[dict]:
     for layer, r in results.items():
         s = r.summary()
         row = dict(describe(name), layer=layer, units=r.n_units, detectors=int(s.detectors.sum()),
-                   unique=int(r.detectors().label.nunique()), best_iou=round(float(r.iou.max()), 4))
+                   unique=int(r.detectors().label.nunique()),
+                   detectors_at_002=len(r.detectors(0.02)), unique_at_002=int(r.detectors(0.02).label.nunique()),
+                   mean_best_iou=round(float(r.best()[1].mean()), 4), best_iou=round(float(r.iou.max()), 4))
         row.update({f"detectors_{c}": int(s.detectors[c]) for c in r.categories})
         row.update({f"unique_{c}": int(s.unique[c]) for c in r.categories})
         rows.append(row)
@@ -104,10 +109,17 @@ def main(argv=None):
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_broden(Path(tmp) / "broden")
-        rows = [row for name in args.models for row in dissection_rows(name, folder)]
+        names = [n for n in args.models if n in models.manifest()]
+        for name in sorted(set(args.models) - set(names)):
+            print(f"skipped {name}: no checkpoint (train it with `python -m xailab.train ...`)")
+        table = pd.DataFrame([row for name in names for row in dissection_rows(name, folder)])
+        if args.out.exists():           # keep the rows of the models not re-run, in VARIANTS order
+            old = pd.read_csv(args.out)
+            table = pd.concat([old[~old.model.isin(names)], table])
+            table = table.sort_values("model", key=lambda m: m.map(VARIANTS.index), kind="stable")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(args.out, index=False)
-        print(f"wrote {args.out} ({len(rows)} rows)")
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out} ({len(table)} rows)")
         if not args.no_ablation:
             table = pd.DataFrame(ablation_rows(folder))
             table.to_csv(args.ablation_out, index=False)
