@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hooks
+from ..solving import solves
 
 AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -48,6 +49,7 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 # ----------------------------------------------------------------------------- the rules
+@solves("lab09.epsilon")
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
     """z + eps * sign(z), with sign(0) = +1: a denominator that is never zero."""
     return z + torch.where(z < 0, -eps, eps)
@@ -67,6 +69,7 @@ def _part(t, positive: bool):
     return t.clamp(min=0) if positive else t.clamp(max=0)
 
 
+@solves("lab09.epsilon")
 def _shares(layer, terms, signals):
     """sum_k input_k * (gradient of <signal_k, f(input_k; weight_k, bias_k)> w.r.t. input_k):
     each term's input times the relevance signal projected back through its weights."""
@@ -87,6 +90,7 @@ def _signed_terms(x, pos_weight, pos_bias, neg_weight):
     return terms
 
 
+@solves("lab09.epsilon")
 def epsilon(layer, x, relevance, eps=1e-6):
     """LRP-epsilon: R_i = x_i sum_j w_ij R_j / stab(z_j) (eps=0 would be LRP-0)."""
     return _shares(layer, [(x, layer.weight, layer.bias)],
