@@ -32,7 +32,7 @@ from xailab.data import broden  # noqa: E402
 from xailab.dissect import ablation  # noqa: E402
 
 LAYERS = ["features.block1", "features.block2", "features.block3"]
-VARIANTS = ["shapesnet", "shapesnet-base", "shapesnet-nobn", "shapesnet-narrow", "shapesnet-wide",
+VARIANTS = ["shapesnet", "shapesnet-base", "shapesnet-nobn", "shapesnet-narrow",
             *[f"shapesnet-base-step{s:04d}" for s in models.BASE_SNAPSHOTS]]
 N_IMAGES, SEED, SIZE = 480, 0, 64               # the lecture's synthetic Broden
 K, DRAWS, TEST_IMAGES = 8, 40, 600              # the ablation study
@@ -115,7 +115,7 @@ def main(argv=None):
         table = pd.DataFrame([row for name in names for row in dissection_rows(name, folder)])
         if args.out.exists():           # keep the rows of the models not re-run, in VARIANTS order
             old = pd.read_csv(args.out)
-            table = pd.concat([old[~old.model.isin(names)], table])
+            table = pd.concat([old[~old.model.isin(names)], table]).astype(table.dtypes.to_dict())
             table = table.sort_values("model", key=lambda m: m.map(VARIANTS.index), kind="stable")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)
