@@ -17,7 +17,9 @@ Three files in data/results/, each scored exactly as lecture 08's comparison tab
 Every row carries the first 12 hex digits of its model's checkpoint sha256, so a stale
 file is noticed (tests/test_lecture09_results.py). A few minutes of one core:
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/lecture09_scores.py [--only rules vit shortcut]
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/lecture09_scores.py [--only rules vit shortcut] [--stale]
+
+(``--stale``: only the models whose checkpoint changed since the files were written.)
 """
 from __future__ import annotations
 
@@ -116,20 +118,44 @@ def shortcut_scores(names=VITS, methods=VIT_METHODS, n: int | None = None) -> pd
 
 
 JOBS = {"rules": (RULES_CSV, rule_scores), "vit": (VIT_CSV, vit_scores), "shortcut": (SHORTCUT_CSV, shortcut_scores)}
+MODELS_OF = {"rules": CNNS, "vit": ("shapesvit",), "shortcut": VITS}
+
+
+def stale_models(job: str) -> list[str]:
+    """The job's models whose rows are missing or stamped with another checkpoint."""
+    path = JOBS[job][0]
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["model", "checkpoint"])
+    return [m for m in MODELS_OF[job]
+            if set(old.loc[old.model == m, "checkpoint"].astype(str)) != {checkpoint(m)}]
+
+
+def compute(job: str, names) -> pd.DataFrame:
+    """The job's rows for ``names``, merged into its file's rows for the other models."""
+    path, fn = JOBS[job]
+    new = fn(names=names) if job != "vit" else fn()
+    if path.exists() and set(names) != set(MODELS_OF[job]):
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old.model.isin(names)], new], ignore_index=True)
+    order = {m: i for i, m in enumerate(MODELS_OF[job])}
+    return new.sort_values("model", key=lambda c: c.map(order), kind="stable")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", choices=list(JOBS), default=list(JOBS))
+    parser.add_argument("--stale", action="store_true",
+                        help="recompute only the models whose checkpoint changed since the files were written")
     args = parser.parse_args(argv)
     torch.manual_seed(table.SETTINGS["seed"])
     for job in args.only:
-        path, compute = JOBS[job]
+        names = stale_models(job) if args.stale else list(MODELS_OF[job])
+        if not names:
+            print(f"{JOBS[job][0].name}: up to date")
+            continue
         start = time.perf_counter()
-        frame = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False, float_format="%.6g")
-        print(f"{path.name}: {len(frame)} rows in {time.perf_counter() - start:.0f} s", flush=True)
+        frame = compute(job, names)
+        frame.to_csv(JOBS[job][0], index=False, float_format="%.6g")
+        print(f"{JOBS[job][0].name}: {', '.join(names)} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
