@@ -67,22 +67,26 @@ def one_pass_reference(model, layer, folder, quantile=0.005):
 
 def lower_bound(model, layer, folder, batch_size=64):
     """One forward pass up to ``layer`` and one upsampling of its maps, at the fastest of a
-    few images per forward pass (the images are read beforehand: reading them is not part
-    of the bound)."""
+    few images per forward pass and memory layouts (the images are read beforehand:
+    reading them is not part of the bound)."""
     ds = broden.open(folder)
     images = [b.images for b in ds.batches(batch_size, segmentations=False)]
     size = (ds.rows[0]["sh"], ds.rows[0]["sw"])
+    fast = torch.channels_last                    # oneDNN's fast layout on the CPU
 
-    def run(step):
+    def run(step, layout):
+        batches = [x.contiguous(memory_format=layout) for x in images]
         with torch.no_grad():
-            for x in images:
+            for x in batches:
                 for s in range(0, len(x), step):
                     with hooks.record(model, layer) as rec:
                         model(x[s:s + step])
-                    a = rec.activations[layer].contiguous(memory_format=torch.channels_last)   # the fast layout
+                    a = rec.activations[layer].contiguous(memory_format=fast)
                     F.interpolate(a, size=size, mode="bilinear", align_corners=False)
 
-    return {f"bound ({step} per pass)": (lambda step=step: run(step)) for step in (1, 8, 64)}
+    variants = [(8, torch.contiguous_format, "NCHW"), (1, fast, "NHWC"), (8, fast, "NHWC"), (64, fast, "NHWC")]
+    return {f"bound ({step} per pass, {name})": (lambda step=step, layout=layout: run(step, layout))
+            for step, layout, name in variants}
 
 
 def peak_rss(folder, batch_size: int) -> tuple[float, float]:
