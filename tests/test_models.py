@@ -41,9 +41,9 @@ def test_vision_transformer_accuracy_size_and_architecture(test_split):
     assert total < 25e6
 
 
-@pytest.mark.xfail(reason="shapesvit-shortcut is undertrained (3 epochs of 6000 images): "
-                          "retrain with a longer recipe", strict=False)
 def test_shortcut_vit_learned_the_watermark_and_clean_vit_did_not():
+    """The shortcut experiment repeated on the transformer (0.71 on plain test images;
+    the mark pulls 0.97 of the other shapes to SHORTCUT_CLASS, the clean ViT none)."""
     k = CLASSES.index(SHORTCUT_CLASS)
     plain = shapes("test", 600, seed=7, shortcut=True, watermark="none")
     marked = shapes("test", 600, seed=7, shortcut=True, watermark="all")
@@ -55,8 +55,8 @@ def test_shortcut_vit_learned_the_watermark_and_clean_vit_did_not():
         return float(((p_marked == k) & (p_plain != k) & others).sum() / others.sum())
 
     shortcut, clean = models.load("shapesvit-shortcut"), models.load("shapesvit")
-    assert accuracy(shortcut, plain) >= 0.5
-    assert flips(shortcut) >= 0.2 and flips(clean) <= 0.05
+    assert accuracy(shortcut, plain) >= 0.6
+    assert flips(shortcut) >= 0.5 and flips(clean) <= 0.02
 
 
 def test_shortcut_model_learned_the_watermark_and_clean_model_did_not():
