@@ -4,7 +4,9 @@
   relevance mass and rank against ground-truth masks;
 - ``faithfulness``: deletion and insertion curves;
 - ``robustness``: max-sensitivity;
-- ``fragility``: a label-preserving perturbation that moves a gradient map (Ghorbani et al.);
+- ``fragility``: a label-preserving perturbation within an L-infinity budget that moves
+  the map of the gradient, SmoothGrad, IG or Grad-CAM off the object (Ghorbani et al.,
+  Dombrowski et al.), and its random control;
 - ``sanity``: model and data randomisation, map similarities, shortcut exposure;
 - ``intervals``: bootstrap intervals and paired comparisons (A beats B, or a tie);
 - ``table``: the comparison table of every method on every model.
@@ -12,7 +14,7 @@
 Every name is available as ``xailab.evaluation.<name>``.
 """
 from .faithfulness import _curve_auc, blurred, deletion, insertion  # noqa: F401
-from .fragility import Attack, fragility_attack, map_shift, top_k_intersection  # noqa: F401
+from .fragility import Attack, fragility_attack, map_shift, random_perturbation, top_k_intersection  # noqa: F401
 from .intervals import Interval, bootstrap_interval, paired_difference, verdict  # noqa: F401
 from .localisation import (Box, box_from_map, box_iou, largest_region, localisation,  # noqa: F401
                            localisation_accuracy, pointing_game, relevance_mass, relevance_rank)
