@@ -9,7 +9,7 @@ from torch import nn
 
 import xailab
 from xailab.attribution import attention, rules
-from xailab.checks import core, lab09
+from xailab.checks import lab09
 
 from labtools import fails_saying, solution_function
 

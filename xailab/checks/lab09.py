@@ -109,7 +109,7 @@ def _linear_cases():
     top = torch.zeros_like(logits).scatter_(1, logits.argmax(1, keepdim=True), logits.max(1, keepdim=True).values)
     cases.append(("shapesnet's fc layer on 4 test images, relevance = the predicted logit, eps = 1e-6",
                   fc, rec.activations["avgpool"].flatten(1), top, 1e-6))
-    tiny = nn.Linear(4, 3)
+    tiny = nn.utils.skip_init(nn.Linear, 4, 3)         # (no draw from the global random state)
     with torch.no_grad():
         tiny.weight.copy_(torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.5, 0.25, -1.0, 2.0], [-1.0, 0.0, 0.5, 0.5]]))
         tiny.bias.copy_(torch.tensor([0.0, 0.1, -0.2]))
@@ -132,8 +132,10 @@ def _conv_cases():
     images = net.normalize(shapes("test", 2, seed=SEED).images())
     cases.append(("shapesnet's first convolution on 2 normalised test images (signed inputs)",
                   net.features.block1.conv1, images, torch.randn(2, 16, 64, 64, generator=gen), EPS))
-    torch.manual_seed(SEED)
-    strided = nn.Conv2d(8, 4, 3, stride=2, padding=1)
+    strided = nn.utils.skip_init(nn.Conv2d, 8, 4, 3, stride=2, padding=1)
+    with torch.no_grad():
+        strided.weight.copy_(0.2 * torch.randn(strided.weight.shape, generator=gen))
+        strided.bias.copy_(0.1 * torch.randn(4, generator=gen))
     cases.append(("a convolution with stride 2 and padding 1 (8 -> 4 channels, 16x16 -> 8x8)",
                   strided, torch.rand(2, 8, 16, 16, generator=gen), torch.randn(2, 4, 8, 8, generator=gen), EPS))
     return cases
@@ -198,14 +200,18 @@ def check_epsilon_linear(fn, verbose: bool = True) -> Report:
     relevance of its input, R_i = x_i sum_j w_ji R_j / (z_j + eps sign z_j) with
     z = x W^T + b and sign(0) = +1, shaped like x [N, in]."""
     report = Report("check_epsilon_linear", exercise="lrp_epsilon_linear", forbid=EPSILON_FAMILY)
-    return _done(_check_rule(report, fn, _linear_cases(), _linear_shape_hint), verbose)
+    with torch.random.fork_rng(devices=[]):       # loading a model draws its initial weights
+        cases = _linear_cases()
+    return _done(_check_rule(report, fn, cases, _linear_shape_hint), verbose)
 
 
 def check_epsilon_conv(fn, verbose: bool = True) -> Report:
     """``fn(layer, x, relevance, eps)`` for an ``nn.Conv2d`` must return the relevance of
     its input by the same epsilon rule, shaped like x [N, C, H, W]."""
     report = Report("check_epsilon_conv", exercise="lrp_epsilon_conv", forbid=EPSILON_FAMILY)
-    return _done(_check_rule(report, fn, _conv_cases(), _conv_shape_hint), verbose)
+    with torch.random.fork_rng(devices=[]):       # loading a model draws its initial weights
+        cases = _conv_cases()
+    return _done(_check_rule(report, fn, cases, _conv_shape_hint), verbose)
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -300,7 +306,9 @@ def check_rollout(fn, verbose: bool = True) -> Report:
     the mean over heads, mixed with the identity (0.5 A + 0.5 I, rows summing to 1),
     multiplied with a later block's matrix on the left."""
     report = Report("check_rollout", exercise="my_rollout", forbid=ROLLOUT_FAMILY)
-    for what, attentions in _rollout_cases():
+    with torch.random.fork_rng(devices=[]):       # loading a model draws its initial weights
+        cases = _rollout_cases()
+    for what, attentions in cases:
         n, _, t, _ = attentions[0].shape
         got = call(report, fn, [a.clone() for a in attentions])
         if not report.passed:
