@@ -61,7 +61,7 @@ def conv_work_share(model, x, t, window, stride) -> float:
     work = {}
     for incremental in (True, False):
         with torch.no_grad(), ConvWork() as count:
-            _occlusion_raw(model, x, t, window, stride, 0.0, default_batch_size(x), False, incremental=incremental)
+            _occlusion_raw(model, x, t, window, stride, 0.0, None, False, incremental=incremental)
         work[incremental] = count.macs
     return work[True] / work[False]
 
@@ -76,7 +76,7 @@ def occlusion_case(name, model, x, t, window, stride, repeats, ppe_values=PPE):
 
     fns = {"ours": lambda: xailab.explain(model, x, t, method="occlusion", window=window, stride=stride,
                                           reduce=None),
-           "plain": lambda: _occlusion_raw(model, x, t, window, stride, 0.0, default_batch_size(x), False,
+           "plain": lambda: _occlusion_raw(model, x, t, window, stride, 0.0, None, False,
                                            incremental=False)}
     fns.update({f"captum ppe={p}": captum(p) for p in ppe_values})
     for fn in fns.values():

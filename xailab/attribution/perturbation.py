@@ -169,10 +169,14 @@ def _window_boxes(height, width, window, stride, device) -> torch.Tensor:
     return torch.stack([y, x, (y + wh).clamp(max=height), (x + ww).clamp(max=width)], 1)
 
 
+INCREMENTAL_BATCH = 4          # incremental passes: this many times default_batch_size windows each
+
+
 def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs, incremental=True):
     """[N, H, W] per-pixel attribution (the same for every channel). With ``incremental``
     the occluded images are scored by incremental inference where the model allows
-    (``xailab.attribution.incremental``), else by full forward passes (the plain method)."""
+    (``xailab.attribution.incremental``), else by full forward passes (the plain method).
+    ``batch_size`` None: ``INCREMENTAL_BATCH`` times the default for incremental passes."""
     n, c, h, w = x.shape
     masks, counts = occlusion_windows(h, w, window, stride, device=x.device)
     p = masks.shape[0]
@@ -180,15 +184,16 @@ def _occlusion_raw(model, x, target, window, stride, baseline, batch_size, probs
     with torch.no_grad():
         fast = None
         if incremental:
+            windows = batch_size or INCREMENTAL_BATCH * default_batch_size(x)
             fast = window_scores(model, x, target, _window_boxes(h, w, window, stride, x.device),
-                                 _pair(window, "window"), b, batch_size,
+                                 _pair(window, "window"), b, windows,
                                  lambda out, t: _pick(out, t, probs))
         if fast is not None:
             drops = fast[0][:, None] - fast[1]
         else:
             base = _scores(inference_copy(model), x, target, probs)           # [N]
             drops = base[:, None] - _pair_scores(
-                model, x, target, p, batch_size=batch_size, probs=probs,
+                model, x, target, p, batch_size=batch_size or default_batch_size(x), probs=probs,
                 make=lambda img, pos: torch.where(masks[pos].unsqueeze(1), _per_image(b, img), x[img]))
         attr = drops @ masks.view(p, -1).to(drops.dtype)                  # [N, H*W]
         attr = attr / counts.view(1, -1).to(drops.dtype)
@@ -209,7 +214,9 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, window=8, stride=4
     and the drop ``f_t(x) - f_t(x_occluded)`` of the target logit (``output="probability"``:
     probability) is spread over the patch; each pixel gets the average drop of
     the windows that cover it. ``batch_size`` occluded images share a forward
-    pass (default: 32 on the CPU, 256 on a GPU). When torch.fx can trace the
+    pass (default: 32 on the CPU, 256 on a GPU; four times that for incremental
+    passes, whose early layers see only small patches and whose late layers, small
+    maps with most of the weights, run faster in large batches). When torch.fx can trace the
     model, each pass recomputes only the region every window changes, layer by
     layer, from the unoccluded image's cached maps (incremental inference,
     ``xailab.attribution.incremental``; same values up to float rounding, several
@@ -223,7 +230,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target=None, window=8, stride=4
     sliding_window_shapes=(C, window, window), strides=(C, stride, stride),
     baselines=baseline)``. Positive: hiding the pixel lowers the score.
     """
-    batch_size = positive_int(default_batch_size(x) if batch_size is None else batch_size, "batch_size")
+    batch_size = None if batch_size is None else positive_int(batch_size, "batch_size")
     target = resolve_target(model, x, target)
     heat = _occlusion_raw(model, x, target, window, stride, baseline, batch_size, _probs(output))
     return heat.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
