@@ -221,6 +221,9 @@ CHEATS = {   # each exercise answered by calling the library, as a student might
     "record_activation": "with hooks.record(model, [layer]) as rec:\n        model(x)\n"
                          "    return rec.activations[layer].detach().clone()",
     "layer_heatmap": "return xailab.viz.heatmap(activation, size)",
+    "lrp_epsilon_linear": "return xailab.attribution.rules.epsilon(layer, x, relevance, eps)",
+    "lrp_epsilon_conv": "return xailab.attribution.rules.epsilon(layer, x, relevance, eps)",
+    "my_rollout": "return xailab.attribution.attention.rollout(attentions)",
 }
 
 
@@ -243,7 +246,7 @@ def _nbgrader(folder, *args):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("number", ["02", "04"])
+@pytest.mark.parametrize("number", ["02", "04", "09"])
 def test_nbgrader_gives_full_points_to_a_solution_and_zero_to_a_fresh_or_library_calling_copy(
         tmp_path, number):
     pytest.importorskip("nbgrader")
