@@ -32,7 +32,7 @@ from xailab.data import broden  # noqa: E402
 from xailab.dissect import ablation  # noqa: E402
 
 LAYERS = ["features.block1", "features.block2", "features.block3"]
-VARIANTS = ["shapesnet", "shapesnet-base", "shapesnet-nobn", "shapesnet-narrow",
+VARIANTS = ["shapesnet", "shapesnet-base", "shapesnet-nobn", "shapesnet-narrow", "shapesnet-wide",
             *[f"shapesnet-base-step{s:04d}" for s in models.BASE_SNAPSHOTS]]
 N_IMAGES, SEED, SIZE = 480, 0, 64               # the lecture's synthetic Broden
 K, DRAWS, TEST_IMAGES = 8, 40, 600              # the ablation study

@@ -29,11 +29,10 @@ def test_variants_differ_only_in_width_or_batchnorm():
     assert hooks.list_layers(base) == hooks.list_layers(nobn)            # same layer names
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in nobn.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in base.modules()) == 6
-    widths = {n: models.build(n).fc.in_features for n in ("shapesnet-narrow", "shapesnet-base")}
-    assert widths == {"shapesnet-narrow": 32, "shapesnet-base": 64}
-    assert models.ShapesNet(widths=(24, 48, 96)).fc.in_features == 96
+    widths = {n: models.build(n).fc.in_features for n in ("shapesnet-narrow", "shapesnet-base", "shapesnet-wide")}
+    assert widths == {"shapesnet-narrow": 32, "shapesnet-base": 64, "shapesnet-wide": 96}
     recipes = {n: {k: v for k, v in train.RECIPES[n].items() if k not in ("snapshots", "lr")}
-               for n in ("shapesnet-base", "shapesnet-nobn", "shapesnet-narrow")}
+               for n in ("shapesnet-base", "shapesnet-nobn", "shapesnet-narrow", "shapesnet-wide")}
     assert len({json.dumps(r, sort_keys=True) for r in recipes.values()}) == 1     # one shared recipe
     assert train.RECIPES["shapesnet-nobn"]["lr"] == train.RECIPES["shapesnet-base"]["lr"] / 3
     assert train.RECIPES["shapesnet-base"]["snapshots"] == list(models.BASE_SNAPSHOTS)

@@ -120,11 +120,12 @@ ZOO = {
     "shapesnet-shortcut": (ShapesNet, "ShapesNet trained on the watermarked (shortcut) data"),
     "shapesnet-random-labels": (ShapesNet, "ShapesNet trained to memorise randomly permuted labels "
                                            "(the data-randomisation sanity check)"),
-    # dissection's findings (Bau et al. 2017) on our scale: one shorter recipe for all three,
+    # dissection's findings (Bau et al. 2017) on our scale: one shorter recipe for all four,
     # differing only in width or BatchNorm; the base run also keeps snapshots during training
     "shapesnet-base": (ShapesNet, "ShapesNet on the shorter recipe shared by the variants below"),
     "shapesnet-nobn": (partial(ShapesNet, batchnorm=False), "shapesnet-base without BatchNorm"),
     "shapesnet-narrow": (partial(ShapesNet, widths=(8, 16, 32)), "shapesnet-base at half the width"),
+    "shapesnet-wide": (partial(ShapesNet, widths=(24, 48, 96)), "shapesnet-base at 1.5 times the width"),
     **{f"shapesnet-base-step{step:04d}": (ShapesNet, f"shapesnet-base after {step} training steps")
        for step in BASE_SNAPSHOTS},
     "shapesvit": (ShapesViT, "small vision transformer (8 x 8 patch tokens from a conv stem, 4 blocks, 4 heads)"),

@@ -36,6 +36,7 @@ RECIPES = {
     # this variant alone takes a third of it
     "shapesnet-nobn": dict(shortcut=False, n_train=8000, epochs=2, lr=1e-3, batch=64, seed=0),
     "shapesnet-narrow": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0),
+    "shapesnet-wide": dict(shortcut=False, n_train=8000, epochs=2, lr=3e-3, batch=64, seed=0),
     # the small vision transformer (65 tokens of width 48) learns more slowly than the
     # convolutional networks: more epochs over the same images (about 20 s each on two cores)
     "shapesvit": dict(shortcut=False, n_train=12000, epochs=24, lr=3e-3, batch=64, seed=0),
