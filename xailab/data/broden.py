@@ -18,8 +18,9 @@ whose ``c_<category>.csv`` its coverage is largest.
 ``write(...)`` (from ``xailab.data.broden_writer``) writes one, and ``make_synthetic(folder, n, seed)`` (from
 ``xailab.data.synthetic_broden``) draws a concept dataset with the shapes generator:
 pixel-labelled ``color`` (the 11 Broden colour names), ``object`` (the shapes),
-``part`` (tip, rim, center of a shape), ``texture`` (striped, dotted, ...) and a
-whole-image ``scene`` (the background layout).
+``part`` (tip, rim, center of a shape), ``texture`` (striped, dotted, ...),
+``material`` (wood grain, noise) and a whole-image ``scene`` (the background layout);
+colour, texture and material are drawn independently of the shape.
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ import torch
 
 from ..runtime import positive_int
 from .broden_writer import INDEX_FIXED, write
-from .synthetic_broden import (CATEGORIES, CHUNK, COLORS, PARTS, SCENES, TEXTURES,  # noqa: F401
+from .synthetic_broden import (CATEGORIES, CHUNK, COLORS, MATERIALS, PARTS, SCENES, TEXTURES,  # noqa: F401
                                make_synthetic, synthetic_labels)
 
 __all__ = ["Broden", "BrodenFormatError", "open", "read", "write", "make_synthetic", "Batch",
-           "COLORS", "PARTS", "TEXTURES", "SCENES"]
+           "COLORS", "PARTS", "TEXTURES", "MATERIALS", "SCENES"]
 
 SIZES = ["ih", "iw", "sh", "sw"]
 
