@@ -1,6 +1,5 @@
 """The dissection variants of lecture 06: the shapesnet variants and snapshots, unit
 ablation, and a subset of the precomputed tables re-run by the seeded script."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,15 @@ from xailab import hooks, models, train
 from xailab.data import shapes
 from xailab.dissect import ablation
 
+from studytools import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ROOT / "data" / "results" / "dissection_variants.csv"
 ABLATION = ROOT / "data" / "results" / "dissection_variants_ablation.csv"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("dissection_variants", ROOT / "scripts" / "dissection_variants.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dissection_variants")
 
 
 def test_variants_differ_only_in_width_or_batchnorm():

@@ -1,15 +1,12 @@
 """Lecture 08 loads the fragility study from data/results/fragility_study.csv; the first
 batch of images, re-run here for two methods, must give the same numbers."""
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("fragility_study", ROOT / "scripts" / "fragility_study.py")
-study_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study_script)
+from studytools import load_script
+
+study_script = load_script("fragility_study")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """Lecture 09 loads its scores from data/results/lecture09_*.csv (written by
 scripts/lecture09_scores.py); the files must match the shipped checkpoints, and a
 subset, re-run here, must give the same numbers."""
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,10 +8,9 @@ import pytest
 from xailab import models
 from xailab.evaluation import table
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("lecture09_scores", ROOT / "scripts" / "lecture09_scores.py")
-scores_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(scores_script)
+from studytools import load_script
+
+scores_script = load_script("lecture09_scores")
 N_IMAGES = table.SETTINGS["n_images"]
 SUBSET = 6
 

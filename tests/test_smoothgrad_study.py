@@ -1,15 +1,12 @@
 """Lecture 04 loads the SmoothGrad study from data/results/smoothgrad_study.csv; a
 subset, re-run here, must give the same numbers."""
-import importlib.util
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("smoothgrad_study", ROOT / "scripts" / "smoothgrad_study.py")
-study_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(study_script)
+from studytools import load_script
+
+study_script = load_script("smoothgrad_study")
 
 
 @pytest.fixture(scope="module")
