@@ -258,6 +258,19 @@ def test_files_outside_the_dataset_folder_are_refused(tmp_path, column):
     ds.image(1)                                  # the other rows still read
 
 
+def test_a_link_in_the_images_folder_that_leads_out_is_refused(tmp_path):
+    folder = tmp_path / "broden"
+    _tiny(folder)
+    ds = broden.open(folder)
+    name = ds.rows[0]["object"][0]
+    secret = tmp_path / "secret.png"
+    shutil.move(folder / "images" / name, secret)
+    (folder / "images" / name).symlink_to(secret)     # a plain file name, but a link out
+    with pytest.raises(BrodenFormatError, match="outside the dataset folder"):
+        ds.segmentation(0)
+    ds.segmentation(1)
+
+
 # sha256 of the CSV files the writer wrote before it moved to pandas (CRLF line ends,
 # as Python's csv module writes them); the tables must stay byte for byte the same
 TINY_CSV = {

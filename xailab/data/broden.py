@@ -124,6 +124,7 @@ class Broden:
             raise BrodenFormatError(f"{self.folder} is not a folder; make one with "
                                     "xailab.data.broden.make_synthetic(folder, n)")
         self.images_dir = self.folder / "images"
+        self._inside = None                 # images/ lies inside the folder (checked on first read)
         self.category_table = _read_csv(self.folder / "category.csv", ["name", "first", "last", "count", "frequency"])
         self.categories = [r["name"] for r in self.category_table]
         self._read_labels()
@@ -147,6 +148,8 @@ class Broden:
                 raise BrodenFormatError(f"{path}, row {row}: label number {n} appears twice")
             self.label_names[n] = r["name"]
             self.label_table[n] = r
+        self._known = np.zeros(self.n_labels + 1, dtype=bool)       # label number -> defined (0 too)
+        self._known[[0, *self.label_table]] = True
 
     def _read_primary_categories(self):
         """``category_labels`` (category -> its label numbers) and ``label_category``:
@@ -213,6 +216,11 @@ class Broden:
         """``images/name``, refusing names that lead outside the dataset folder (``..``,
         absolute paths, links out), as a reader of downloaded data must."""
         path = self.images_dir / name
+        if self._inside is None:
+            self._inside = self.images_dir.resolve().is_relative_to(self.folder.resolve())
+        plain = self._inside and "/" not in name and "\\" not in name and name not in (".", "..")
+        if plain and not path.is_symlink():            # a plain file name in images/: no need to resolve
+            return path
         root = self.folder.resolve()
         if not path.resolve().is_relative_to(root):
             raise BrodenFormatError(f"{self._where(i)}: file name {name!r} points outside the dataset "
@@ -243,11 +251,13 @@ class Broden:
     def _png(self, i: int, name: str) -> np.ndarray:
         """Label numbers [sh, sw] (R + 256 G) of segmentation ``name`` of row ``i``."""
         row = self.rows[i]
-        arr = self._rgb(i, name, "segmentation", (row["sh"], row["sw"])).astype(np.int64)
-        lab = arr[..., 0] + 256 * arr[..., 1]
-        bad = np.unique(lab[(lab > self.n_labels) | (lab < 0)])
-        if bad.size == 0:
-            bad = np.array([n for n in np.unique(lab) if n and n not in self.label_table])
+        arr = self._rgb(i, name, "segmentation", (row["sh"], row["sw"]))
+        lab = arr[..., 0].astype(np.int64) + 256 * arr[..., 1].astype(np.int64)
+        out_of_range = lab > self.n_labels
+        if out_of_range.any():
+            bad = np.unique(lab[out_of_range])
+        else:
+            bad = np.unique(lab[~self._known[lab]])
         if bad.size:
             raise BrodenFormatError(f"{self._where(i)}: {self._file(i, name)} holds label number(s) "
                                     f"{bad[:5].tolist()} that label.csv does not define")
