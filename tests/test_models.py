@@ -151,6 +151,30 @@ def test_inference_copy_folds_batchnorm_and_gives_the_same_outputs(shapesnet):
     assert before.diff(shapesnet) == []
 
 
+def test_named_inference_copy_keeps_names_and_the_kept_outputs(shapesnet):
+    from xailab.runtime import named_inference_copy
+    x = shapes("test", 8, seed=2).images()
+    keep = ["features.block1.conv2", "features.block2", "features.block3.bn1"]
+    before = hooks.Snapshot.of(shapesnet)
+    assert named_inference_copy(shapesnet, keep) is shapesnet              # gradients enabled
+    with torch.no_grad():
+        fast = named_inference_copy(shapesnet, keep)
+        assert fast is not shapesnet and named_inference_copy(shapesnet, keep) is fast   # cached
+        b1, b3 = fast.features.block1, fast.features.block3
+        assert isinstance(b1.bn1, nn.Identity) and b1.relu1.inplace          # folded, ReLU in place
+        assert isinstance(b1.bn2, nn.BatchNorm2d) and not b1.relu2.inplace   # conv2 kept as it is
+        assert isinstance(b3.bn1, nn.Identity) and not b3.relu1.inplace      # bn1 kept: no in-place after it
+        with hooks.record(shapesnet, keep) as want, hooks.record(fast, keep) as got:
+            torch.testing.assert_close(fast(x), shapesnet(x), rtol=1e-5, atol=1e-5)
+        for name in keep:
+            torch.testing.assert_close(got.activations[name], want.activations[name], rtol=1e-5, atol=1e-5)
+        assert dict(fast.named_modules()).keys() == dict(shapesnet.named_modules()).keys()
+        with hooks.HookSet() as hs:                                      # a hook must see every pass
+            hs.forward(shapesnet.fc, lambda *a: None)
+            assert named_inference_copy(shapesnet, keep) is shapesnet
+    assert before.diff(shapesnet) == []
+
+
 def test_inference_copy_falls_back_whenever_a_copy_could_differ(shapesnet, monkeypatch):
     x = shapes("test", 2, seed=2).images()
     assert models.inference_copy(shapesnet) is shapesnet                 # gradients enabled

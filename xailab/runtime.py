@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 __all__ = ["device_of", "positive_int", "evaluating", "batched",
-           "inference_copy", "fast_layout", "default_batch_size"]
+           "inference_copy", "named_inference_copy", "fast_layout", "default_batch_size"]
 
 
 def device_of(model: nn.Module, default=None) -> torch.device:
@@ -83,6 +83,17 @@ def _state_signature(model: nn.Module) -> tuple:
                  for t in list(model.parameters()) + list(model.buffers()))
 
 
+def _copy_runs_alike(model: nn.Module) -> bool:
+    """True when a faster copy of ``model`` would run exactly like it: no gradients, eval
+    mode, no hooks (a hook must see every pass), and only torch, torchvision and xailab
+    modules (another module's forward might count calls, print or keep state)."""
+    from . import hooks
+    if torch.is_grad_enabled() or model.training or hooks.count_hooks(model):
+        return False
+    return all(type(m).__module__.startswith(_PURE_MODULES) and "forward" not in vars(m)
+               for m in model.modules())                # (a forward patched onto an instance counts)
+
+
 def inference_copy(model: nn.Module) -> nn.Module:
     """What to run for many forward passes without gradients (perturbation methods,
     Score-CAM, deletion curves): a cached copy of an eval-mode ``model`` with every
@@ -96,11 +107,7 @@ def inference_copy(model: nn.Module) -> nn.Module:
     The copy is rebuilt when any weight changes."""
     from torch.fx.experimental.optimization import fuse
 
-    from . import hooks
-    if torch.is_grad_enabled() or model.training or hooks.count_hooks(model):
-        return model
-    if not all(type(m).__module__.startswith(_PURE_MODULES) and "forward" not in vars(m)
-               for m in model.modules()):                # (a forward patched onto an instance counts)
+    if not _copy_runs_alike(model):
         return model
     signature = _state_signature(model)
     cached = _INFERENCE_COPIES.get(model)
@@ -117,3 +124,53 @@ def inference_copy(model: nn.Module) -> nn.Module:
         copy.eval().requires_grad_(False)
     _INFERENCE_COPIES[model] = (signature, copy)
     return copy or model
+
+
+_NAMED_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def named_inference_copy(model: nn.Module, keep=()) -> nn.Module:
+    """A cached faster copy of an eval-mode ``model`` in which every module keeps its name,
+    so layers are hooked by name on the copy as on the model (``inference_copy`` gives a
+    traced graph instead). Inside each ``nn.Sequential``, a BatchNorm2d right after a
+    Conv2d is folded into it (and becomes ``nn.Identity``), and a ReLU right after a
+    convolution or linear layer runs in place. The outputs of the modules named in
+    ``keep`` stay exactly what the model computes there (no fold or in-place ReLU
+    changes them). Same outputs up to float rounding; returns ``model`` itself when a
+    copy could behave differently (see ``inference_copy``)."""
+    import copy
+
+    if not _copy_runs_alike(model):
+        return model
+    key = (_state_signature(model), tuple(sorted(keep)))
+    cached = _NAMED_COPIES.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    net = copy.deepcopy(model).requires_grad_(False)
+    for prefix, seq in list(net.named_modules()):
+        if type(seq) is nn.Sequential:
+            _fold_sequential(seq, prefix, set(keep))
+    _NAMED_COPIES[model] = (key, net)
+    return net
+
+
+def _fold_sequential(seq: nn.Sequential, prefix: str, keep: set):
+    """``named_inference_copy``'s changes to one Sequential, in place."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    names = list(seq._modules)
+    full = {n: f"{prefix}.{n}".lstrip(".") for n in names}
+    for a, b in zip(names, names[1:]):
+        conv, bn = seq._modules[a], seq._modules[b]
+        if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                and full[a] not in keep):
+            seq._modules[a], seq._modules[b] = fuse_conv_bn_eval(conv, bn), nn.Identity()
+    producer = None                      # the module whose fresh output reaches this point, if any
+    for n in names:
+        m = seq._modules[n]
+        if type(m) is nn.ReLU and producer is not None:
+            m.inplace = True
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and full[n] not in keep:
+            producer = n
+        elif not (isinstance(m, nn.Identity) and full[n] not in keep):
+            producer = None

@@ -227,32 +227,33 @@ class Broden:
                                     f"folder {root}; a Broden index may only name files inside it")
         return path
 
-    def _rgb(self, i: int, name: str, what: str, size: tuple[int, int]) -> np.ndarray:
-        """The RGB pixels [H, W, 3] of file ``name`` of row ``i``, checked against ``size``."""
-        from PIL import Image
+    def _rgb(self, i: int, name: str, what: str, size: tuple[int, int]) -> torch.Tensor:
+        """The RGB pixels ByteTensor[3, H, W] of file ``name`` of row ``i``, checked against ``size``."""
+        from torchvision.io import ImageReadMode, decode_image, read_file
 
         path = self._file(i, name)
         if not path.exists():
             raise BrodenFormatError(f"{self._where(i)}: {what} file {path} is missing")
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-        if arr.shape[:2] != size:
+        try:
+            rgb = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise BrodenFormatError(f"{self._where(i)}: {what} file {path} is not a readable image ({e})") from None
+        if tuple(rgb.shape[1:]) != size:
             dims = "ih x iw" if what == "image" else "sh x sw"
-            raise BrodenFormatError(f"{self._where(i)}: {path} is {arr.shape[0]}x{arr.shape[1]}, "
+            raise BrodenFormatError(f"{self._where(i)}: {path} is {rgb.shape[1]}x{rgb.shape[2]}, "
                                     f"index.csv says {dims} = {size[0]}x{size[1]}")
-        return arr
+        return rgb
 
     def image(self, i: int) -> torch.Tensor:
         """Image ``i`` as FloatTensor[3, ih, iw] in [0, 1]."""
         row = self.rows[i]
-        arr = self._rgb(i, row["image"], "image", (row["ih"], row["iw"]))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+        return self._rgb(i, row["image"], "image", (row["ih"], row["iw"])).float() / 255.0
 
     def _png(self, i: int, name: str) -> np.ndarray:
         """Label numbers [sh, sw] (R + 256 G) of segmentation ``name`` of row ``i``."""
         row = self.rows[i]
-        arr = self._rgb(i, name, "segmentation", (row["sh"], row["sw"]))
-        lab = arr[..., 0].astype(np.int64) + 256 * arr[..., 1].astype(np.int64)
+        rgb = self._rgb(i, name, "segmentation", (row["sh"], row["sw"])).numpy()
+        lab = rgb[0].astype(np.int64) + 256 * rgb[1].astype(np.int64)
         out_of_range = lab > self.n_labels
         if out_of_range.any():
             bad = np.unique(lab[out_of_range])

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .. import hooks
 from ..data import broden as _broden
-from ..runtime import batched, device_of, evaluating, fast_layout, positive_int
+from ..runtime import batched, device_of, evaluating, fast_layout, named_inference_copy, positive_int
 from ..solving import solves
 from .result import Dissection
 
@@ -82,6 +82,19 @@ def unit_masks(activation: torch.Tensor, thresholds: torch.Tensor, size) -> torc
     a = activation.float().contiguous(memory_format=torch.channels_last)
     up = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
     return up > thresholds.to(up).view(1, -1, 1, 1)
+
+
+def _mask_pixels(activation: torch.Tensor, thresholds: torch.Tensor, size):
+    """(image, unit, pixel) LongTensors listing every pixel of ``unit_masks``'s masks
+    (pixel = row * width + column of ``size``). A bilinear value is a weighted mean of
+    four map values, so only the maps whose peak reaches the threshold (less a margin
+    for float rounding) can have mask pixels: only those are upsampled."""
+    a = activation.float()
+    t = thresholds.to(a)
+    image, unit = (a.amax((2, 3)) >= t - 1e-6 * t.abs()).nonzero(as_tuple=True)
+    up = F.interpolate(a[image, unit][:, None], size=tuple(size), mode="bilinear", align_corners=False)
+    k, pixel = (up.flatten(1) > t[unit, None]).nonzero(as_tuple=True)
+    return image[k], unit[k], pixel
 
 
 def _quantile_from_top(top: torch.Tensor, total: int, q: float) -> torch.Tensor:
@@ -163,9 +176,7 @@ class _LayerTally:
         LongTensor[n, K, pixels] and ``whole`` [n, J] are the concepts each pixel shows,
         each at most once (see ``_concept_labels``). Only the mask pixels are visited."""
         n, units = a.shape[:2]
-        masks = unit_masks(a, self.thresholds, size).permute(0, 2, 3, 1).reshape(n, -1, units)
-        image, pixel, unit = masks.nonzero(as_tuple=True)
-        del masks
+        image, unit, pixel = _mask_pixels(a, self.thresholds, size)
         counts = torch.bincount(image * units + unit, minlength=n * units).view(n, units).double()
         self.by_category += counts.t() @ labelled
         width = self.intersection.shape[1]
@@ -351,10 +362,11 @@ def dissect(model, layer, folder, batch_size: int = 64, quantile: float = 0.005,
         return tqdm(batches, total=n_batches, desc=desc, disable=not progress, leave=False)
 
     with evaluating(model):
-        tallies, fires = _layer_tallies(model, layers, data, device, quantile, max_top)
+        net = named_inference_copy(model, keep=layers)      # same layer names, fewer operations
+        tallies, fires = _layer_tallies(net, layers, data, device, quantile, max_top)
         kept = _Activations(sum(t.values * t.n_units for t in tallies), cache_elements)
         try:
-            _forward_pass(model, data, tallies, fires, device, batch_size, top_k, kept, bar)
+            _forward_pass(net, data, tallies, fires, device, batch_size, top_k, kept, bar)
             truth = _tally(data, tallies, device, batch_size, kept, max_elements, bar)
         finally:
             kept.close()
