@@ -24,6 +24,8 @@ colour, texture and material are drawn independently of the shape.
 """
 from __future__ import annotations
 
+import builtins
+
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +152,7 @@ class Broden:
             self.label_table[n] = r
         self._known = np.zeros(self.n_labels + 1, dtype=bool)       # label number -> defined (0 too)
         self._known[[0, *self.label_table]] = True
+        self._known_labels = torch.from_numpy(self._known)
 
     def _read_primary_categories(self):
         """``category_labels`` (category -> its label numbers) and ``label_category``:
@@ -229,16 +232,19 @@ class Broden:
 
     def _rgb(self, i: int, name: str, what: str, size: tuple[int, int]) -> torch.Tensor:
         """The RGB pixels ByteTensor[3, H, W] of file ``name`` of row ``i``, checked against ``size``."""
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from torchvision.io import ImageReadMode, decode_image
 
         path = self._file(i, name)
-        if not path.exists():
-            raise BrodenFormatError(f"{self._where(i)}: {what} file {path} is missing")
         try:
-            rgb = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            with builtins.open(path, "rb") as f:
+                data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        except FileNotFoundError:
+            raise BrodenFormatError(f"{self._where(i)}: {what} file {path} is missing") from None
+        try:
+            rgb = decode_image(data, mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise BrodenFormatError(f"{self._where(i)}: {what} file {path} is not a readable image ({e})") from None
-        if tuple(rgb.shape[1:]) != size:
+        if rgb.shape[1] != size[0] or rgb.shape[2] != size[1]:
             dims = "ih x iw" if what == "image" else "sh x sw"
             raise BrodenFormatError(f"{self._where(i)}: {path} is {rgb.shape[1]}x{rgb.shape[2]}, "
                                     f"index.csv says {dims} = {size[0]}x{size[1]}")
@@ -301,21 +307,25 @@ class Broden:
     def _batch(self, group: list[int], images: bool = True, segmentations: bool = True) -> Batch:
         images = torch.stack([self.image(i) for i in group]) if images else None
         sh, sw = self.rows[group[0]]["sh"], self.rows[group[0]]["sw"]
-        maps, whole = [], []
-        labelled = torch.zeros(len(group), len(self.categories), dtype=torch.bool)
-        for b, i in enumerate(group):
-            cells = [self.rows[i][cat] for cat in self.categories]
-            labelled[b] = torch.tensor([bool(cell) for cell in cells], dtype=torch.bool)
-            items = [x for cell in cells for x in cell]
-            whole.append([x for x in items if isinstance(x, int)])
-            maps.append([self._png(i, x) for x in items if not isinstance(x, int)] if segmentations else [])
-        k = max(1, max(len(m) for m in maps)) if segmentations else 0
+        cells = [[self.rows[i][cat] for cat in self.categories] for i in group]
+        labelled = torch.tensor([[bool(c) for c in row] for row in cells], dtype=torch.bool)
+        items = [[x for c in row for x in c] for row in cells]
+        whole = [[x for x in row if isinstance(x, int)] for row in items]
+        names = [[x for x in row if not isinstance(x, int)] if segmentations else [] for row in items]
+        k = max(1, max(len(n) for n in names)) if segmentations else 0
         j = max(1, max(len(w) for w in whole))
-        pixels = torch.zeros(len(group), k, sh, sw, dtype=torch.long)
+        red_green = torch.zeros(len(group), k, 2, sh, sw, dtype=torch.uint8)
+        for b, (i, row) in enumerate(zip(group, names)):
+            for q, name in enumerate(row):
+                red_green[b, q] = self._rgb(i, name, "segmentation", (sh, sw))[:2]
+        pixels = red_green[:, :, 0].long() + 256 * red_green[:, :, 1].long()
+        if pixels.numel() and not self._known_labels[pixels.clamp_max(self.n_labels)].all() \
+                or bool((pixels > self.n_labels).any()):
+            for i, row in zip(group, names):             # name the file (and labels) at fault
+                for name in row:
+                    self._png(i, name)
         wl = torch.zeros(len(group), j, dtype=torch.long)
-        for b, (m, w) in enumerate(zip(maps, whole)):
-            for q, arr in enumerate(m):
-                pixels[b, q] = torch.from_numpy(arr)
+        for b, w in enumerate(whole):
             wl[b, :len(w)] = torch.tensor(w, dtype=torch.long)
         return Batch(images, pixels, wl, labelled, list(group))
 
