@@ -56,6 +56,14 @@ def test_tensor_baselines_probabilities_and_batch_sizes(net, images):
     torch.testing.assert_close(one, both(net, x, t, 16, 8, batch_size=1000)[0], rtol=1e-5, atol=1e-6)
 
 
+def test_images_cached_a_few_at_a_time(net, monkeypatch):
+    from xailab.attribution import incremental
+    monkeypatch.setattr(incremental, "CACHING_IMAGES", 3)      # 7 images: caching passes of 3, 3 and 1
+    x = data.shapes("test", 7, seed=6).images()
+    per_image = torch.rand(7, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    assert_same(net, x, torch.tensor([0, 1, 2, 3, 4, 5, 0]), 16, 8, baseline=per_image)
+
+
 def test_128_pixels_and_shapesvgg(net, images):
     x = torch.nn.functional.interpolate(images[:1], size=128, mode="bilinear", align_corners=False)
     assert_same(net, x, torch.tensor([3]), 16, 12)

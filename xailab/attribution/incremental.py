@@ -39,6 +39,7 @@ from ..runtime import _PURE_MODULES, fast_layout, inference_copy
 __all__ = ["window_scores", "local_graph"]
 
 FULL_SHARE = 0.7          # a patch that would cover this share of its map is computed in full
+CACHING_IMAGES = 8        # unoccluded images per caching pass (one image alone runs slower kernels)
 
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU,
                      nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish,
@@ -63,15 +64,28 @@ class Patch:
 
 # ----------------------------------------------------------------------------- the graph
 _CHAINS: "weakref.WeakKeyDictionary[nn.Module, nn.Sequential]" = weakref.WeakKeyDictionary()
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()   # children -> chain or None
 
 
 def _child_chain(model: nn.Module, x: torch.Tensor) -> nn.Sequential | None:
     """The model's children as an ``nn.Sequential`` when its forward pass on ``x`` is
     exactly their composition in registration order (each child called once, on the
-    previous child's output, the last output returned), else None."""
+    previous child's output, the last output returned), else None. Checked once per
+    model and set of children."""
     children = list(model.named_children())
     if not children:
         return None
+    ids = [id(m) for _, m in children]
+    known = _CHECKED.get(model)
+    chain = known[1] if known is not None and known[0] == ids else _checked_chain(model, x, children)
+    _CHECKED[model] = (ids, chain)
+    if chain is not None:
+        chain.training = model.training            # the wrapper's own flag (children are shared)
+    return chain
+
+
+def _checked_chain(model: nn.Module, x: torch.Tensor, children: list) -> nn.Sequential | None:
+    """``_child_chain``'s check: one forward pass with a hook on every child."""
     calls = []
     record = {name: (lambda n: lambda m, i, o: calls.append((n, i, o)))(name) for name, _ in children}
     with hooks.forward_hooks(model, record):
@@ -88,7 +102,6 @@ def _child_chain(model: nn.Module, x: torch.Tensor) -> nn.Sequential | None:
     chain = _CHAINS.get(model)
     if chain is None:
         chain = _CHAINS[model] = nn.Sequential(*(m for _, m in children))
-    chain.training = model.training                # the wrapper's own flag (children are shared)
     return chain
 
 
@@ -362,10 +375,14 @@ def window_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, boxes
     scores = torch.empty(len(x), len(boxes), device=x.device, dtype=x.dtype)
     base = torch.empty(len(x), device=x.device, dtype=x.dtype)
     for i in range(len(x)):
-        caching = _Caching(gm)
-        base[i] = pick(caching.run(fast_layout(x[i:i + 1])), target[i:i + 1])[0]
-        cache = {n: Cached(v[0]) for n, v in caching.env.items()
-                 if n in varying and isinstance(v, torch.Tensor) and v.dim() == 4}
+        if i % CACHING_IMAGES == 0:                  # the unoccluded maps of the next few images
+            part = slice(i, i + CACHING_IMAGES)
+            caching = _Caching(gm)
+            base[part] = pick(caching.run(fast_layout(x[part])), target[part])
+            maps = {n: v for n, v in caching.env.items()
+                    if n in varying and isinstance(v, torch.Tensor) and v.dim() == 4}
+            del caching
+        cache = {n: Cached(v[i % CACHING_IMAGES]) for n, v in maps.items()}
         fill = baseline[i if baseline.dim() == 4 and baseline.shape[0] > 1 else 0] if baseline.dim() == 4 \
             else baseline
         image = Cached(x[i])
@@ -374,5 +391,5 @@ def window_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, boxes
             patch = _input_patch(image, fill, part, size)
             out = _Incremental(gm, cache, varying).run(patch)
             scores[i, start:start + len(part)] = pick(out, target[i].expand(len(part)))
-        del caching, cache
+        del cache
     return base, scores
