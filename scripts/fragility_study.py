@@ -29,10 +29,10 @@ the first batch of images for two methods and checks it against the file.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import xailab
@@ -119,10 +119,7 @@ def main():
     start = time.time()
     rows = study(args.methods, log=lambda s: print(s, flush=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows, columns=FIELDS).to_csv(args.out, index=False)
     print(f"wrote {len(rows)} rows to {args.out} in {time.time() - start:.0f} s")
 
 

@@ -22,9 +22,9 @@ a subset and checks it against the file.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import xailab
@@ -103,10 +103,7 @@ def main():
     args = parser.parse_args()
     rows = [r for name in args.models for r in study(name, noises=args.noises)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows, columns=FIELDS).to_csv(args.out, index=False)
     print(f"wrote {len(rows)} rows to {args.out}")
 
 
