@@ -134,10 +134,11 @@ def named_inference_copy(model: nn.Module, keep=()) -> nn.Module:
     so layers are hooked by name on the copy as on the model (``inference_copy`` gives a
     traced graph instead). Inside each ``nn.Sequential``, a BatchNorm2d right after a
     Conv2d is folded into it (and becomes ``nn.Identity``), and a ReLU right after a
-    convolution or linear layer runs in place. The outputs of the modules named in
-    ``keep`` stay exactly what the model computes there (no fold or in-place ReLU
-    changes them). Same outputs up to float rounding; returns ``model`` itself when a
-    copy could behave differently (see ``inference_copy``)."""
+    convolution or linear layer runs in place. For the modules named in ``keep`` (the
+    layers a caller hooks): a convolution there is not folded (its output would become
+    the BatchNorm's) and no later ReLU overwrites their output in place. Same outputs up
+    to float rounding; returns ``model`` itself when a copy could behave differently
+    (see ``inference_copy``)."""
     import copy
 
     if not _copy_runs_alike(model):

@@ -25,7 +25,6 @@ colour, texture and material are drawn independently of the shape.
 from __future__ import annotations
 
 import builtins
-
 import re
 from dataclasses import dataclass
 from pathlib import Path
