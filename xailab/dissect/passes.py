@@ -88,12 +88,14 @@ def _mask_pixels(activation: torch.Tensor, thresholds: torch.Tensor, size):
     """(image, unit, pixel) LongTensors listing every pixel of ``unit_masks``'s masks
     (pixel = row * width + column of ``size``). A bilinear value is a weighted mean of
     four map values, so only the maps whose peak reaches the threshold (less a margin
-    for float rounding) can have mask pixels: only those are upsampled."""
-    a = activation.float()
-    t = thresholds.to(a)
-    image, unit = (a.amax((2, 3)) >= t - 1e-6 * t.abs()).nonzero(as_tuple=True)
-    up = F.interpolate(a[image, unit][:, None], size=tuple(size), mode="bilinear", align_corners=False)
-    k, pixel = (up.flatten(1) > t[unit, None]).nonzero(as_tuple=True)
+    for float rounding) can have mask pixels: only those are upsampled (as the channels
+    of one image)."""
+    t = thresholds.to(activation).float()
+    image, unit = (activation.float().amax((2, 3)) >= t - 1e-6 * t.abs()).nonzero(as_tuple=True)
+    if len(image) == 0:
+        return image, unit, image
+    masks = unit_masks(activation[image, unit][None], t[unit], size)[0]          # [maps, *size]
+    k, pixel = masks.flatten(1).nonzero(as_tuple=True)
     return image[k], unit[k], pixel
 
 
