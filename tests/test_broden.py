@@ -211,6 +211,8 @@ def test_malformed_folders_give_clear_errors(tmp_path):
     Image.fromarray(arr).save(png)
     with pytest.raises(BrodenFormatError, match=r"row 2 .*_color\.png holds label number\(s\) \[296\]"):
         ds.segmentation(0)
+    with pytest.raises(BrodenFormatError, match=r"row 2 .*_color\.png holds label number\(s\) \[296\]"):
+        next(ds.batches(4))                              # the batch reader names the same file
 
     f = _break(tmp_path, "bad_image_size")
     _edit_index(f, 1, "iw", "31")

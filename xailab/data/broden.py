@@ -125,7 +125,7 @@ class Broden:
             raise BrodenFormatError(f"{self.folder} is not a folder; make one with "
                                     "xailab.data.broden.make_synthetic(folder, n)")
         self.images_dir = self.folder / "images"
-        self._inside = None                 # images/ lies inside the folder (checked on first read)
+        self._inside = self.images_dir.resolve().is_relative_to(self.folder.resolve())
         self.category_table = _read_csv(self.folder / "category.csv", ["name", "first", "last", "count", "frequency"])
         self.categories = [r["name"] for r in self.category_table]
         self._read_labels()
@@ -149,9 +149,8 @@ class Broden:
                 raise BrodenFormatError(f"{path}, row {row}: label number {n} appears twice")
             self.label_names[n] = r["name"]
             self.label_table[n] = r
-        self._known = np.zeros(self.n_labels + 1, dtype=bool)       # label number -> defined (0 too)
+        self._known = torch.zeros(self.n_labels + 1, dtype=torch.bool)     # label number -> defined (0 too)
         self._known[[0, *self.label_table]] = True
-        self._known_labels = torch.from_numpy(self._known)
 
     def _read_primary_categories(self):
         """``category_labels`` (category -> its label numbers) and ``label_category``:
@@ -218,8 +217,6 @@ class Broden:
         """``images/name``, refusing names that lead outside the dataset folder (``..``,
         absolute paths, links out), as a reader of downloaded data must."""
         path = self.images_dir / name
-        if self._inside is None:
-            self._inside = self.images_dir.resolve().is_relative_to(self.folder.resolve())
         plain = self._inside and "/" not in name and "\\" not in name and name not in (".", "..")
         if plain and not path.is_symlink():            # a plain file name in images/: no need to resolve
             return path
@@ -257,16 +254,20 @@ class Broden:
     def _png(self, i: int, name: str) -> np.ndarray:
         """Label numbers [sh, sw] (R + 256 G) of segmentation ``name`` of row ``i``."""
         row = self.rows[i]
-        rgb = self._rgb(i, name, "segmentation", (row["sh"], row["sw"])).numpy()
-        lab = rgb[0].astype(np.int64) + 256 * rgb[1].astype(np.int64)
-        out_of_range = lab > self.n_labels
-        if out_of_range.any():
-            bad = np.unique(lab[out_of_range])
-        else:
-            bad = np.unique(lab[~self._known[lab]])
-        if bad.size:
+        rgb = self._rgb(i, name, "segmentation", (row["sh"], row["sw"]))
+        return self._label_numbers(rgb[None, :2], [(i, name)])[0].numpy()
+
+    def _label_numbers(self, red_green: torch.Tensor, files: list) -> torch.Tensor:
+        """R + 256 G of segmentations ByteTensor[M, 2, sh, sw] as LongTensor[M, sh, sw];
+        a BrodenFormatError names the first file (``files[m]`` = (row, name)) that holds
+        a number label.csv does not define."""
+        lab = red_green[:, 0].long() + 256 * red_green[:, 1].long()
+        bad = (lab > self.n_labels) | ~self._known[lab.clamp_max(self.n_labels)]
+        if bad.any():
+            m = int(bad.flatten(1).any(1).nonzero()[0])
+            i, name = files[m]
             raise BrodenFormatError(f"{self._where(i)}: {self._file(i, name)} holds label number(s) "
-                                    f"{bad[:5].tolist()} that label.csv does not define")
+                                    f"{lab[m][bad[m]].unique()[:5].tolist()} that label.csv does not define")
         return lab
 
     def segmentation(self, i: int) -> dict:
@@ -313,16 +314,13 @@ class Broden:
         names = [[x for x in row if not isinstance(x, int)] if segmentations else [] for row in items]
         k = max(1, max(len(n) for n in names)) if segmentations else 0
         j = max(1, max(len(w) for w in whole))
-        red_green = torch.zeros(len(group), k, 2, sh, sw, dtype=torch.uint8)
+        red_green = torch.zeros(len(group) * k, 2, sh, sw, dtype=torch.uint8)
+        files = [None] * len(red_green)                  # (row, file name) of each filled map
         for b, (i, row) in enumerate(zip(group, names)):
             for q, name in enumerate(row):
-                red_green[b, q] = self._rgb(i, name, "segmentation", (sh, sw))[:2]
-        pixels = red_green[:, :, 0].long() + 256 * red_green[:, :, 1].long()
-        if pixels.numel() and not self._known_labels[pixels.clamp_max(self.n_labels)].all() \
-                or bool((pixels > self.n_labels).any()):
-            for i, row in zip(group, names):             # name the file (and labels) at fault
-                for name in row:
-                    self._png(i, name)
+                red_green[b * k + q] = self._rgb(i, name, "segmentation", (sh, sw))[:2]
+                files[b * k + q] = (i, name)
+        pixels = self._label_numbers(red_green, files).view(len(group), k, sh, sw)
         wl = torch.zeros(len(group), j, dtype=torch.long)
         for b, w in enumerate(whole):
             wl[b, :len(w)] = torch.tensor(w, dtype=torch.long)
