@@ -63,8 +63,7 @@ class Patch:
 
 
 # ----------------------------------------------------------------------------- the graph
-_CHAINS: "weakref.WeakKeyDictionary[nn.Module, nn.Sequential]" = weakref.WeakKeyDictionary()
-_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()   # children -> chain or None
+_CHAINS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()   # children -> chain or None
 
 
 def _child_chain(model: nn.Module, x: torch.Tensor) -> nn.Sequential | None:
@@ -76,9 +75,9 @@ def _child_chain(model: nn.Module, x: torch.Tensor) -> nn.Sequential | None:
     if not children:
         return None
     ids = [id(m) for _, m in children]
-    known = _CHECKED.get(model)
+    known = _CHAINS.get(model)
     chain = known[1] if known is not None and known[0] == ids else _checked_chain(model, x, children)
-    _CHECKED[model] = (ids, chain)
+    _CHAINS[model] = (ids, chain)
     if chain is not None:
         chain.training = model.training            # the wrapper's own flag (children are shared)
     return chain
@@ -99,10 +98,7 @@ def _checked_chain(model: nn.Module, x: torch.Tensor, children: list) -> nn.Sequ
         previous = output
     if previous is not out:
         return None
-    chain = _CHAINS.get(model)
-    if chain is None:
-        chain = _CHAINS[model] = nn.Sequential(*(m for _, m in children))
-    return chain
+    return nn.Sequential(*(m for _, m in children))
 
 
 def local_graph(model: nn.Module, x: torch.Tensor) -> fx.GraphModule | None:
